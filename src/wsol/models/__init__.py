@@ -1,1 +1,19 @@
-"""models"""
+"""models: backbone + pooling head = a classifier exposing (features, logits, folded class weights)."""
+
+from wsol.models.classifier import WSOLClassifier, load_weights
+from wsol.models.factory import EMBEDDED_MODEL, WSOL_MODELS, build_model, list_models
+from wsol.models.heads import BatchNormHead, LayerNormHead, LinearHead, Pool, tap_pool
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "WSOL_MODELS",
+    "BatchNormHead",
+    "LayerNormHead",
+    "LinearHead",
+    "Pool",
+    "WSOLClassifier",
+    "build_model",
+    "list_models",
+    "load_weights",
+    "tap_pool",
+]

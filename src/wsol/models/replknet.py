@@ -152,7 +152,7 @@ class RepLKNet(nn.Module):
             conv_bn(c0, c0, 1, stride=1, padding=0, act=nn.ReLU()),
             conv_bn(c0, c0, 3, stride=2, padding=1, groups=c0, act=nn.ReLU()),
         ])
-        rates = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(layers), device="cpu").tolist()
         self.stages = nn.ModuleList()
         self.transitions = nn.ModuleList()
         self.feature_info: list[dict[str, Any]] = []

@@ -132,7 +132,7 @@ class SLaK(nn.Module):
             self.downsample_layers.append(nn.Sequential(
                 LayerNorm2d(widths[i], eps=1e-6), nn.Conv2d(widths[i], widths[i + 1], 2, stride=2)
             ))
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
         self.feature_info: list[dict[str, Any]] = []
         start = 0
