@@ -10,20 +10,25 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
+from timm.models import build_model_with_cfg
 from torch import Tensor, nn
 
 from wsol.errors import WSOLError
 
 __all__ = [
     "ReparamLargeKernelConv",
+    "build_with_official_weights",
     "conv_bn",
     "fuse_conv_bn",
     "load_official_checkpoint",
     "read_official_state_dict",
 ]
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
 
 #: Wrapper keys under which training scripts store the weights, tried in this order.
 WRAPPER_KEYS: tuple[str, ...] = ("model", "state_dict", "model_state_dict", "net")
@@ -294,3 +299,24 @@ def load_official_checkpoint(model: nn.Module, path: str | Path, *, strict_head:
         raise WSOLError(f"{path}: checkpoint does not fit {name}: shape mismatch {_names(bad)}")
     model.load_state_dict(state, strict=not skipped)
     return skipped
+
+
+def build_with_official_weights(
+    model_cls: type[ModelT], variant: str, pretrained: bool, **kwargs: Any
+) -> ModelT:
+    """Build a registered variant through timm; ``pretrained=True`` loads the file given by the config.
+
+    There is nothing to download: pass the checkpoint as
+    ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": PATH})``; it goes through
+    :func:`load_official_checkpoint` (wrappers, masks, merged form, head of another size).
+    """
+    model = build_model_with_cfg(model_cls, variant, False, **kwargs)
+    if pretrained:
+        file = model.pretrained_cfg.get("file")
+        if not file:
+            raise WSOLError(
+                f"{variant}: no weights to download; pass pretrained_cfg_overlay={{'file': PATH}} "
+                "with the authors' checkpoint"
+            )
+        load_official_checkpoint(model, file)
+    return model

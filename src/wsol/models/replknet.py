@@ -9,8 +9,9 @@ re-parameterised one (``large_kernel.lkb_reparam``).
 The pretrained config uses mean = std = (0.5, 0.5, 0.5) and 384 x 384 inputs, the setting CAM Back Again
 (Yasuki and Taki, CVPR 2024) fine-tunes with (12 x 12 last feature maps); the ImageNet-1K checkpoints of
 the authors were trained at 224 with the ImageNet mean/std, so pass your own transform for them.
-To load weights through timm: ``timm.create_model("replknet_31b", pretrained=True,
-pretrained_cfg_overlay={"file": "RepLKNet-31B_ImageNet-1K_224.pth"})``.
+Nothing is downloaded; to load weights through timm: ``timm.create_model("replknet_31b",
+pretrained=True, pretrained_cfg_overlay={"file": "RepLKNet-31B_ImageNet-1K_224.pth"}, num_classes=200)``
+(the head is left fresh when the class count differs).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from typing import Any
 
 import torch
 from timm.layers import DropPath
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from wsol.models.official import (
     ReparamLargeKernelConv,
+    build_with_official_weights,
     conv_bn,
     load_official_checkpoint,
     structural_reparam,
@@ -192,10 +194,6 @@ class RepLKNet(nn.Module):
         structural_reparam(self)
         return self
 
-    def load_pretrained(self, path: str) -> None:
-        """timm ``custom_load`` hook: load an official checkpoint file."""
-        load_official_checkpoint(self, path)
-
     # --- forward -------------------------------------------------------------------------------
     def _stem(self, x: Tensor) -> Tensor:
         for layer in self.stem:
@@ -233,7 +231,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "num_classes": 1000, "input_size": (3, 384, 384), "pool_size": (12, 12), "crop_pct": 1.0,
         "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
-        "first_conv": "stem.0.conv", "classifier": "head", "custom_load": True,
+        "first_conv": "stem.0.conv", "classifier": "head",
         "paper_ids": "arXiv:2203.06717", **kwargs,
     }
 
@@ -255,8 +253,7 @@ _ARCHS: dict[str, dict[str, Any]] = {
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> RepLKNet:
-    args = {**_ARCHS[variant], **kwargs}
-    return build_model_with_cfg(RepLKNet, variant, pretrained, **args)
+    return build_with_official_weights(RepLKNet, variant, pretrained, **{**_ARCHS[variant], **kwargs})
 
 
 @register_model

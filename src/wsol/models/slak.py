@@ -14,7 +14,8 @@ cannot be decomposed and is refused with the list of keys.
 
 The pretrained config uses mean = std = (0.5, 0.5, 0.5) and 384 x 384 inputs, as CAM Back Again
 fine-tunes (12 x 12 last feature maps); the authors' ImageNet models were trained at 224 with the
-ImageNet mean/std.
+ImageNet mean/std. Nothing is downloaded: ``timm.create_model("slak_tiny", pretrained=True,
+pretrained_cfg_overlay={"file": PATH})`` loads a local checkpoint through :func:`load_official_checkpoint`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from wsol.models.official import ReparamLargeKernelConv, load_official_checkpoint, structural_reparam
+from wsol.models.official import (
+    ReparamLargeKernelConv,
+    build_with_official_weights,
+    load_official_checkpoint,
+    structural_reparam,
+)
 
 __all__ = ["SLaK", "load_official_checkpoint", "slak_base", "slak_small", "slak_tiny"]
 
@@ -179,10 +185,6 @@ class SLaK(nn.Module):
         structural_reparam(self)
         return self
 
-    def load_pretrained(self, path: str) -> None:
-        """timm ``custom_load`` hook: load an official checkpoint file."""
-        load_official_checkpoint(self, path)
-
     # --- forward -------------------------------------------------------------------------------
     def stage_features(self, x: Tensor) -> list[Tensor]:
         """Each stage's output, strides 4, 8, 16, 32 (for a U-Net decoder); the last is forward_features."""
@@ -217,7 +219,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "num_classes": 1000, "input_size": (3, 384, 384), "pool_size": (12, 12), "crop_pct": 1.0,
         "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
-        "first_conv": "downsample_layers.0.0", "classifier": "head", "custom_load": True,
+        "first_conv": "downsample_layers.0.0", "classifier": "head",
         "paper_ids": "arXiv:2207.03620", **kwargs,
     }
 
@@ -232,7 +234,7 @@ _ARCHS: dict[str, dict[str, Any]] = {
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> SLaK:
-    return build_model_with_cfg(SLaK, variant, pretrained, **{**_ARCHS[variant], **kwargs})
+    return build_with_official_weights(SLaK, variant, pretrained, **{**_ARCHS[variant], **kwargs})
 
 
 @register_model
