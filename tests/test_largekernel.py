@@ -356,3 +356,11 @@ def test_timm_pretrained_file(tmp_path: Path, x64: torch.Tensor) -> None:
 def test_timm_pretrained_without_file_is_refused() -> None:
     with pytest.raises(WSOLError, match="no weights to download"):
         timm.create_model("slak_tiny", pretrained=True, num_classes=5, **TINY_SLAK)
+    with pytest.raises(WSOLError, match="stage_features"):
+        timm.create_model("replknet_31b", features_only=True, **TINY_REPLK)
+
+
+def test_direct_construction_has_a_config() -> None:
+    for model in (tiny_replknet(), tiny_slak()):
+        assert model.pretrained_cfg["input_size"] == (3, 384, 384)
+        assert model.default_cfg["mean"] == (0.5, 0.5, 0.5)

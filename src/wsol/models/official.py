@@ -310,6 +310,8 @@ def build_with_official_weights(
     ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": PATH})``; it goes through
     :func:`load_official_checkpoint` (wrappers, masks, merged form, head of another size).
     """
+    if kwargs.pop("features_only", False):
+        raise WSOLError(f"{variant}: features_only is not supported; use model.stage_features(x)")
     model = build_model_with_cfg(model_cls, variant, False, **kwargs)
     if pretrained:
         file = model.pretrained_cfg.get("file")

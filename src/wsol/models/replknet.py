@@ -144,6 +144,8 @@ class RepLKNet(nn.Module):
             raise TypeError(f"RepLKNet got unexpected arguments: {sorted(kwargs)}")
         if not len(large_kernel_sizes) == len(layers) == len(channels):
             raise ValueError("large_kernel_sizes, layers and channels need one entry per stage")
+        self.pretrained_cfg: dict[str, Any] = _cfg()  # replaced by timm's resolved config in create_model
+        self.default_cfg = self.pretrained_cfg
         self.num_classes = num_classes
         self.num_features = channels[-1]
         self.drop_rate = drop_rate

@@ -128,6 +128,8 @@ class SLaK(nn.Module):
         if len(depths) != 4 or len(dims) != 4 or len(kernel_size) != 5:
             raise ValueError("SLaK needs 4 depths, 4 dims and 5 kernel sizes (4 stages + the small one)")
         widths = [int(d * width_factor) for d in dims]
+        self.pretrained_cfg: dict[str, Any] = _cfg()  # replaced by timm's resolved config in create_model
+        self.default_cfg = self.pretrained_cfg
         self.num_classes = num_classes
         self.num_features = widths[-1]
         self.drop_rate = drop_rate
