@@ -43,6 +43,7 @@ def resnet_surgery(model: nn.Module, large_feature_map: bool = False) -> nn.Modu
 
 # --------------------------------------------------------------------------- VGG16-GAP
 
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 _VGG16_POOL4 = 23  # index of pool4 in the torchvision / timm ``features`` Sequential; pool5 is 30
 
 
@@ -80,8 +81,22 @@ class VGG16GAP(nn.Module):
 
 def build_vgg16(pretrained: bool = False, large_feature_map: bool = False) -> VGG16GAP:
     """VGG16-GAP from timm's ``vgg16`` conv layers (ImageNet weights when ``pretrained``)."""
-    base = timm.create_model("vgg16", pretrained=pretrained)
-    return VGG16GAP(base.features, large_feature_map=large_feature_map)
+    if pretrained:
+        features = timm.create_model("vgg16", pretrained=True).features
+    else:  # same layers and key names, without allocating timm's 100M-parameter fc6/fc7
+        layers: list[nn.Module] = []
+        cin = 3
+        for v in _VGG16_CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                conv = nn.Conv2d(cin, v, kernel_size=3, padding=1)
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
+                layers += [conv, nn.ReLU(inplace=True)]
+                cin = v
+        features = nn.Sequential(*layers)
+    return VGG16GAP(features, large_feature_map=large_feature_map)
 
 
 # --------------------------------------------------------------------------- InceptionV3 (SPG head)

@@ -46,8 +46,9 @@ def _data_config(model: nn.Module, input_size: int | None = None) -> dict[str, A
     cfg = timm.data.resolve_data_config({}, model=model)
     out = {k: cfg[k] for k in ("mean", "std", "input_size", "interpolation", "crop_pct") if k in cfg}
     out["mean"], out["std"] = tuple(out["mean"]), tuple(out["std"])
-    if input_size is not None:
+    if input_size is not None:  # the WSOL protocol: 224 px, bilinear (wsolevaluation)
         out["input_size"] = (3, input_size, input_size)
+        out["interpolation"] = "bilinear"
     return out
 
 
@@ -172,7 +173,7 @@ def build_model(
         nn.init.zeros_(head.fc.bias)
         key_map = {"fc.": "head.fc."} if name == "vgg16" else {"SPG_A4.": "head.fc."}
         new_layers = backbone.new_layers
-        data_config = _data_config(timm.create_model(name, pretrained=False), input_size=224)
+        data_config = _data_config(backbone, input_size=224)
     else:
         timm_model = _create_timm(name, pretrained, num_classes=k, **timm_kwargs)
         if do_surgery:

@@ -1,0 +1,37 @@
+"""CAM (Zhou et al.) with negative weight clamping (NWC, Bae et al.): one forward pass, one einsum."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from wsol.cams.base import CAMMethod, pick_targets, target_weights
+
+
+class CAM(CAMMethod):
+    """``M_k = sum_c W[k, c] F_c`` with the head's folded weights.
+
+    Args:
+        nwc: use ``max(W[k, c], 0)`` (negative weight clamping).
+        include_bias: add ``b_k / (h w)`` so that the spatial mean of the map equals the logit (GAP).
+    """
+
+    name = "cam"
+
+    def __init__(self, *, nwc: bool = False, include_bias: bool = False, eval_mode: bool = True) -> None:
+        super().__init__(eval_mode=eval_mode)
+        self.nwc = nwc
+        self.include_bias = include_bias
+
+    def compute(self, model: nn.Module, x: Tensor, explicit: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.no_grad():
+            f = model.features(x)
+            logits = model.logits_from_features(f)
+            tgt = pick_targets(explicit, logits)
+            w, b = target_weights(model, f, tgt)
+            if self.nwc:
+                w = w.clamp_min(0)
+            maps = torch.einsum("bc,bchw->bhw", w.to(f.dtype), f)
+            if self.include_bias:
+                maps = maps + (b / (f.shape[2] * f.shape[3])).view(-1, 1, 1)
+        return maps, logits, tgt
