@@ -1,1 +1,17 @@
-"""localize"""
+"""From a raw map to score maps, thresholds, boxes and masks (explicit, named steps)."""
+
+from wsol.localize.boxes import (
+    box_iou,
+    boxes_from_map,
+    contour_boxes,
+    mask_from_map,
+    threshold_value,
+    to_uint8,
+    trace_boxes,
+)
+from wsol.localize.maps import check_score_map, minmax_normalize, resize_map, resize_maps, to_score_maps
+
+__all__ = [
+    "box_iou", "boxes_from_map", "check_score_map", "contour_boxes", "mask_from_map", "minmax_normalize",
+    "resize_map", "resize_maps", "threshold_value", "to_score_maps", "to_uint8", "trace_boxes",
+]
