@@ -13,7 +13,10 @@ class CAM(CAMMethod):
 
     Args:
         nwc: use ``max(W[k, c], 0)`` (negative weight clamping).
-        include_bias: add ``b_k / (h w)`` so that the spatial mean of the map equals the logit (GAP).
+        include_bias: add ``b_k`` to every pixel, so that the spatial mean of the map equals the logit
+            for GAP heads (``mean(CAM) + b == logit``). methods.md writes ``+ b / (h w)``, which gives that
+            identity only for the per-pixel logit share ``(W F + b) / (h w)`` summed over space; both
+            differ from the plain CAM by a constant, which min-max normalisation removes.
     """
 
     name = "cam"
@@ -33,5 +36,5 @@ class CAM(CAMMethod):
                 w = w.clamp_min(0)
             maps = torch.einsum("bc,bchw->bhw", w.to(f.dtype), f)
             if self.include_bias:
-                maps = maps + (b / (f.shape[2] * f.shape[3])).view(-1, 1, 1)
+                maps = maps + b.view(-1, 1, 1)
         return maps, logits, tgt

@@ -29,7 +29,7 @@ METHODS: dict[str, type[CAMMethod]] = {
 
 def get_method(name: str, **options: Any) -> CAMMethod:
     """Instantiate a method by name with its options; a clear error for unknown names or options."""
-    key = str(name).lower().replace("-", "").replace("_", "")
+    key = str(name).lower().replace("++", "pp").replace("-", "").replace("_", "")
     aliases = {"gradcamplusplus": "gradcampp", "smoothgradcamplusplus": "smoothgradcampp"}
     key = aliases.get(key, key)
     if key not in METHODS:
