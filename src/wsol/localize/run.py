@@ -1,0 +1,803 @@
+"""``wsol localize``: maps, boxes, overlays and a report for folders of images, and score maps for WSOL splits.
+
+Library entry points, used by the CLI and reusable elsewhere:
+
+- :class:`ImageSource`: a Dataset that decodes any image robustly (grayscale, RGBA, palette, 16-bit, CMYK,
+  EXIF rotation, huge JPEGs through draft decoding) and returns an error item instead of raising;
+  :func:`collate_images` batches the good items and passes the failures through.
+- :func:`localize_loader`: model + DataLoader + writers; the CAMs run batched on the device while the
+  per-image post-processing (score maps, boxes, overlays, ``.npy`` files) runs in a thread pool
+  (OpenCV and numpy release the GIL) and the DataLoader workers decode the next batches.
+- :func:`localize_images` (folders -> ``results.jsonl``, overlays, maps, ``index.html``, resumable) and
+  :func:`localize_split` (a WSOL metadata split -> ``<image_id>.npy`` score maps and/or metrics).
+
+Boxes: the target class's raw map is resized bicubically to the display size (the image's aspect, longest
+side at most 512 px, never above the original), min-max normalised, thresholded with
+:func:`wsol.localize.boxes.boxes_from_map` (``threshold`` x the ``percentile``-th value of the map), and
+scaled to original pixels. A box's ``score`` is the MEAN map value inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from wsol.cams import compute_cams, get_method
+from wsol.errors import WSOLError
+from wsol.localize.boxes import boxes_from_map, mask_from_map
+from wsol.localize.maps import minmax_normalize, resize_map, to_score_maps
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                              ".pnm", ".pbm", ".jfif", ".dib", ".ico", ".tga"})
+MAX_PIXELS = 400_000_000  # larger images are skipped (a decompression bomb guard, above PIL's 179 MP)
+DISPLAY_SIZE = 512  # longest side of overlays and of the map boxes are traced on
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+@dataclass
+class Discovered:
+    """Files to process (with a unique, relative output key each) and files ignored (not image files)."""
+
+    files: list[Path] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)
+
+
+def find_image_files(paths: Sequence[str | Path]) -> Discovered:
+    """Images under ``paths`` (files, or folders searched recursively, hidden entries skipped), sorted.
+
+    A file named explicitly is always tried; inside folders only known image extensions are taken and
+    other files are reported in ``ignored``. Keys are paths relative to their folder (prefixed with the
+    folder's name when several paths are given), unique, with ``/`` separators.
+    """
+    found = Discovered()
+    seen: set[Path] = set()
+    used: set[str] = set()
+    several = len(paths) > 1
+
+    def add(path: Path, key: str) -> None:
+        real = path.resolve()
+        if real in seen:
+            return
+        seen.add(real)
+        base, n = key, 1
+        while key in used:
+            n += 1
+            key = f"{base}~{n}"
+        used.add(key)
+        found.files.append(path)
+        found.keys.append(key)
+
+    for raw in paths:
+        root = Path(raw)
+        if root.is_file():
+            add(root, root.name)
+        elif root.is_dir():
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in sorted(filenames):
+                    if name.startswith("."):
+                        continue
+                    path = Path(dirpath) / name
+                    rel = path.relative_to(root).as_posix()
+                    if path.suffix.lower() in IMAGE_EXTENSIONS:
+                        add(path, f"{root.resolve().name}/{rel}" if several else rel)
+                    else:
+                        found.ignored.append(path)
+        else:
+            raise WSOLError(f"{root}: no such file or folder")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+@contextmanager
+def _pil_limits() -> Iterator[None]:
+    old, old_trunc = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = MAX_PIXELS, False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old, old_trunc
+
+
+def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
+    """Any PIL mode to 8-bit RGB; returns the image and a note on the conversion ('' when none)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image, ""
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(image).astype(np.float64)
+        if mode == "F" or a.max(initial=0) > 65535 or a.min(initial=0) < 0:
+            a = minmax_normalize(a) * 255
+        elif a.max(initial=0) > 255:
+            a = a / 257.0
+        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).convert("RGB"), f"{mode} (high bit depth)"
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB"), f"{mode} (alpha on white)"
+    return image.convert("RGB"), mode
+
+
+def read_image(path: str | Path, draft_size: int | None = None) -> tuple[Image.Image, int, int, str]:
+    """Decode ``path`` to an RGB PIL image, applying the EXIF orientation.
+
+    Returns ``(image, width, height, note)`` where width/height are the original (oriented) size and the
+    image itself may be smaller when ``draft_size`` lets a JPEG decode at a reduced scale. Raises
+    :class:`WSOLError` with a short reason for anything unreadable.
+    """
+    path = Path(path)
+    with _pil_limits():
+        try:
+            image = Image.open(path)
+        except UnidentifiedImageError:
+            raise WSOLError(f"{path}: not an image (unknown format)") from None
+        except Image.DecompressionBombError:
+            raise WSOLError(f"{path}: too large (over {MAX_PIXELS // 1_000_000} megapixels)") from None
+        except OSError as exc:
+            raise WSOLError(f"{path}: cannot be opened ({exc})") from None
+        try:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
+            if orientation in (5, 6, 7, 8):
+                width, height = height, width
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+            rgb, note = _to_rgb(image)
+        except WSOLError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - truncated / corrupt data, unsupported modes
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise WSOLError(f"{path}: corrupt or truncated image ({reason})") from None
+    if width < 1 or height < 1:
+        raise WSOLError(f"{path}: empty image ({width} x {height})")
+    return rgb, width, height, note
+
+
+def display_shape(width: int, height: int, limit: int = DISPLAY_SIZE) -> tuple[int, int]:
+    """(width, height) scaled so the longest side is at most ``limit`` (never enlarged)."""
+    scale = min(1.0, limit / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+_INTERP = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+           "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+class ImageSource(Dataset):
+    """Decodes images for localization: each item is a dict with ``index``, the normalised ``image``
+    (3, S, S) (the whole image resized to S x S, no crop, so maps cover the whole image), the original
+    ``width``/``height``, a ``display`` RGB uint8 array (longest side <= ``display_size``; None when
+    ``display_size`` is 0) and ``note``; or ``{"index", "error"}`` when the file cannot be used."""
+
+    def __init__(self, files: Sequence[str | Path], image_size: int = 224, mean: Sequence[float] = (0.5,) * 3,
+                 std: Sequence[float] = (0.5,) * 3, interpolation: str = "bicubic",
+                 display_size: int = DISPLAY_SIZE) -> None:
+        self.files = [Path(f) for f in files]
+        self.image_size = int(image_size)
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1) * 255
+        self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1) * 255
+        self.resample = _INTERP.get(interpolation, Image.Resampling.BICUBIC)
+        self.display_size = int(display_size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.files[index]
+        try:
+            draft = max(self.image_size, self.display_size)
+            image, width, height, note = read_image(path, draft_size=draft)
+            s = self.image_size
+            model_in = image.resize((s, s), self.resample, reducing_gap=3.0)
+            array = np.asarray(model_in, dtype=np.float32).transpose(2, 0, 1)
+            tensor = torch.from_numpy((array - self.mean) / self.std)
+            display = None
+            if self.display_size:
+                dw, dh = display_shape(width, height, self.display_size)
+                shown = image if image.size == (dw, dh) else image.resize((dw, dh), Image.Resampling.BILINEAR,
+                                                                          reducing_gap=2.0)
+                display = np.asarray(shown, dtype=np.uint8)
+        except WSOLError as exc:
+            return {"index": index, "error": str(exc).removeprefix(f"{path}: ")}
+        except Exception as exc:  # noqa: BLE001 - never kill a long run for one file
+            return {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+        return {"index": index, "image": tensor, "width": width, "height": height, "display": display, "note": note}
+
+
+def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the good items; failures go to ``errors`` as ``(index, reason)``; ``images`` is None if none."""
+    good = [it for it in items if "error" not in it]
+    return {
+        "images": torch.stack([it["image"] for it in good]) if good else None,
+        "indices": [it["index"] for it in good],
+        "widths": [it["width"] for it in good],
+        "heights": [it["height"] for it in good],
+        "displays": [it["display"] for it in good],
+        "notes": [it["note"] for it in good],
+        "errors": [(it["index"], it["error"]) for it in items if "error" in it],
+    }
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+@dataclass
+class BatchResult:
+    """What the model produced for one batch, on the CPU: raw maps (B, h, w), probabilities (B, K), targets."""
+
+    batch: dict[str, Any]
+    maps: np.ndarray
+    probs: Tensor
+    targets: Tensor
+    logits: Tensor
+
+
+Writer = Callable[[BatchResult], Any]  # called in a worker thread; returns records or None
+
+
+def run_model(model: nn.Module, batch: dict[str, Any], method: str, targets: Any, device: torch.device,
+              method_options: dict[str, Any] | None = None) -> BatchResult:
+    """CAMs of one collated batch on ``device``; ``targets`` as for :func:`wsol.cams.compute_cams`."""
+    images = batch["images"].to(device, non_blocking=True)
+    out = compute_cams(model, images, targets, method, **(method_options or {}))
+    probs = out.logits.float().softmax(1)
+    return BatchResult(batch, out.maps.float().cpu().numpy(), probs.cpu(), out.targets.cpu(), out.logits.cpu())
+
+
+def localize_loader(model: nn.Module, loader: Iterable[dict[str, Any]], writer: Writer, *, method: str = "cam",
+                    targets: Callable[[dict[str, Any]], Any] | Any = None, device: str | torch.device = "cpu",
+                    method_options: dict[str, Any] | None = None, threads: int = 2,
+                    on_batch: Callable[[int, list[tuple[int, str]], Any], None] | None = None) -> None:
+    """Run ``model`` over ``loader`` (batches from :func:`collate_images`) and hand each result to ``writer``.
+
+    ``writer(result)`` runs in a thread pool while the next batch goes through the model; ``on_batch(n_good,
+    errors, writer_return)`` is then called in this thread, in batch order (append records, advance a
+    progress bar). ``targets`` is a fixed value or a function of the batch (e.g. its GT labels).
+    """
+    device = torch.device(device)
+    pending: list[tuple[Future, dict[str, Any]]] = []
+
+    def finish(fut: Future, batch: dict[str, Any]) -> None:
+        value = fut.result()
+        if on_batch is not None:
+            on_batch(len(batch["indices"]), batch["errors"], value)
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for batch in loader:
+            if batch["images"] is None:
+                pending.append((pool.submit(lambda: None), batch))
+            else:
+                tgt = targets(batch) if callable(targets) else targets
+                result = run_model(model, batch, method, tgt, device, method_options)
+                pending.append((pool.submit(writer, result), batch))
+            while len(pending) > 1:  # keep one batch in post-processing while the model runs the next
+                finish(*pending.pop(0))
+        while pending:
+            finish(*pending.pop(0))
+
+
+# ---------------------------------------------------------------------------------------------- folders
+@dataclass
+class LocalizeOptions:
+    """Options of :func:`localize_images` (the CLI's flags)."""
+
+    method: str = "cam"
+    target: str = "top1"
+    threshold: float = 0.2
+    percentile: float = 100.0
+    boxes: str = "largest"
+    image_size: int | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    save_maps: bool = False
+    workers: int | None = None
+
+    def check(self) -> None:
+        if not 0 <= self.threshold <= 1:
+            raise WSOLError(f"--threshold must lie in [0, 1], got {self.threshold}")
+        if not 0 < self.percentile <= 100:
+            raise WSOLError(f"--percentile must lie in (0, 100], got {self.percentile}")
+        if self.boxes not in ("largest", "all"):
+            raise WSOLError(f"--boxes must be 'largest' or 'all', got {self.boxes!r}")
+        if self.batch_size < 1:
+            raise WSOLError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.image_size is not None and not 32 <= self.image_size <= 4096:
+            raise WSOLError(f"--image-size must lie in [32, 4096], got {self.image_size}")
+        get_method(self.method)  # raises for an unknown method
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' = CUDA when available, else CPU; anything else must be a valid, available torch device."""
+    if device in ("auto", "", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise WSOLError(f"--device {device!r} is not a device (try cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise WSOLError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def class_names_of(model: nn.Module) -> list[str]:
+    """The model's class names, or ``class <i>``."""
+    names = getattr(model, "class_names", None)
+    k = int(model.num_classes)
+    return list(names) if names and len(names) == k else [f"class {i}" for i in range(k)]
+
+
+def resolve_target(target: str | int | None, names: Sequence[str]) -> int | None:
+    """'top1' -> None; a class index; or a class name (case-insensitive, exact or one of its synonyms)."""
+    if target is None or str(target).lower() in ("top1", "pred", ""):
+        return None
+    text = str(target).strip()
+    if text.lstrip("-").isdigit():
+        k = int(text)
+        if not 0 <= k < len(names):
+            raise WSOLError(f"--target {k}: class index out of range [0, {len(names)})")
+        return k
+    low = text.lower()
+    exact = [i for i, n in enumerate(names) if n.lower() == low]
+    if exact:
+        return exact[0]
+    synonyms = [i for i, n in enumerate(names) if low in (s.strip().lower() for s in n.split(","))]
+    if len(synonyms) == 1:
+        return synonyms[0]
+    partial = synonyms or [i for i, n in enumerate(names) if low in n.lower()]
+    if len(partial) == 1:
+        return partial[0]
+    if not partial:
+        raise WSOLError(f"--target {text!r}: no class of this name (use top1, a class index or a class name)")
+    some = "; ".join(f"{i}: {names[i]}" for i in partial[:5])
+    raise WSOLError(f"--target {text!r} is ambiguous ({len(partial)} classes: {some}...); use a class index")
+
+
+def load_model(model_name: str | None = None, checkpoint: str | Path | None = None) -> nn.Module:
+    """The embedded default, a named model (pretrained where possible), or a wsol-trained checkpoint.
+
+    A checkpoint may carry ``{"wsol": {"model": name, "num_classes": K, "class_names": [...]}}`` or Lightning
+    ``hyper_parameters``; otherwise ``model_name`` (default the embedded model) and K from the head's shape.
+    """
+    from wsol.models import EMBEDDED_MODEL, build_model
+
+    if checkpoint is None:
+        name = model_name or EMBEDDED_MODEL
+        try:
+            return build_model(name, pretrained=True)
+        except WSOLError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise WSOLError(f"--model {name}: cannot be built ({type(exc).__name__}: {exc})") from exc
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise WSOLError(f"--checkpoint {path}: file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise WSOLError(f"--checkpoint {path}: cannot be read ({type(exc).__name__})") from exc
+    meta: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for key in ("wsol", "hyper_parameters", "meta"):
+            if isinstance(obj.get(key), dict):
+                meta.update(obj[key])
+    name = model_name or meta.get("model") or meta.get("model_name") or meta.get("arch") or EMBEDDED_MODEL
+    num_classes = meta.get("num_classes")
+    if num_classes is None:
+        num_classes = _head_classes(obj)
+    try:
+        model = build_model(str(name), num_classes=num_classes, pretrained=False, weights=path)
+    except WSOLError as exc:
+        raise WSOLError(f"--checkpoint {path}: {exc}".replace(f"{path}: ", "", 1)
+                        if str(exc).startswith(str(path)) else f"--checkpoint: {exc}") from exc
+    names = meta.get("class_names")
+    if isinstance(names, (list, tuple)) and len(names) == int(model.num_classes):
+        model.class_names = [str(n) for n in names]
+    return model
+
+
+def _head_classes(obj: Any) -> int | None:
+    stack = [obj]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, dict):
+            for k, v in cur.items():
+                if isinstance(v, Tensor) and str(k).endswith(("head.fc.weight", "fc.weight", "classifier.weight")) \
+                        and v.ndim == 2:
+                    return int(v.shape[0])
+                if isinstance(v, dict):
+                    stack.append(v)
+    return None
+
+
+class ResultsLog:
+    """``results.jsonl``: one JSON record per image, appended per batch with flush + fsync (resumable).
+
+    A torn last line (an interrupted write) is dropped on open and the file rewritten atomically.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.records: list[dict[str, Any]] = []
+        if self.path.exists():
+            good, torn = [], False
+            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    torn = True
+                    continue
+                if isinstance(rec, dict) and "id" in rec:
+                    good.append(rec)
+            self.records = good
+            if torn:
+                _atomic_text(self.path, "".join(json.dumps(r) + "\n" for r in good))
+        self.done = {r["id"] for r in self.records}
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        if not records:
+            return
+        self._handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self.records.extend(records)
+        self.done.update(r["id"] for r in records)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from wsol.report.overlay import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _atomic_npy(path: Path, array: np.ndarray) -> None:
+    import io
+
+    from wsol.report.overlay import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def scale_boxes(boxes: np.ndarray, src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
+    """Inclusive boxes from a ``src = (w, h)`` pixel grid to ``dst = (W, H)``: pixel ``[x0, x1]`` covers
+    ``[x0 * W / w, (x1 + 1) * W / w)`` in the destination."""
+    sx, sy = dst[0] / src[0], dst[1] / src[1]
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    out = np.stack([np.floor(b[:, 0] * sx), np.floor(b[:, 1] * sy),
+                    np.ceil((b[:, 2] + 1) * sx) - 1, np.ceil((b[:, 3] + 1) * sy) - 1], 1)
+    out = np.clip(out, 0, [dst[0] - 1, dst[1] - 1, dst[0] - 1, dst[1] - 1])
+    return out.astype(np.int64)
+
+
+def boxes_with_scores(score_map: np.ndarray, threshold: float, percentile: float, components: str,
+                      size: tuple[int, int]) -> list[dict[str, Any]]:
+    """Boxes of ``score_map`` in the pixels of an image of ``size = (W, H)``, each with the mean map value
+    inside it, largest first; an empty foreground gives no box (not the protocol's ``(0, 0, 0, 0)``)."""
+    if not mask_from_map(score_map, threshold, percentile).any():
+        return []
+    boxes = boxes_from_map(score_map, threshold, percentile, components)  # type: ignore[arg-type]
+    h, w = score_map.shape
+    out = []
+    for (x0, y0, x1, y1), big in zip(boxes, scale_boxes(boxes, (w, h), size)):
+        score = float(score_map[y0:y1 + 1, x0:x1 + 1].mean())
+        out.append({"box": [int(v) for v in big], "score": round(score, 4)})
+    out.sort(key=lambda r: -(r["box"][2] - r["box"][0] + 1) * (r["box"][3] - r["box"][1] + 1))  # largest first
+    return out
+
+
+@dataclass
+class Summary:
+    """What a run did."""
+
+    processed: int = 0
+    resumed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    out_dir: Path | None = None
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def total(self) -> int:
+        return self.processed + self.resumed
+
+
+class Progress:
+    """A rich progress bar with images/s on stderr (nothing when ``quiet``)."""
+
+    def __init__(self, total: int, quiet: bool, label: str = "localize") -> None:
+        self.bar = None
+        if quiet or total == 0:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+        self.task = self.bar.add_task(label, total=total, rate="")
+        self.start = time.perf_counter()
+        self.count = 0
+        self.bar.start()
+
+    def advance(self, n: int) -> None:
+        if self.bar is None:
+            return
+        self.count += n
+        rate = self.count / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(self.task, advance=n, rate=f"{rate:.1f} img/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs.update(persistent_workers=False, prefetch_factor=4)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=collate_images, pin_memory=device.type == "cuda", **kwargs)
+
+
+def _run_config(options: LocalizeOptions, model: nn.Module, checkpoint: str | None) -> dict[str, Any]:
+    return {"model": getattr(model, "name", type(model).__name__), "checkpoint": checkpoint,
+            "method": options.method, "target": str(options.target), "threshold": options.threshold,
+            "percentile": options.percentile, "boxes": options.boxes, "image_size": options.image_size}
+
+
+def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.Module,
+                    options: LocalizeOptions | None = None, *, quiet: bool = False,
+                    checkpoint: str | None = None, log: Callable[[str], None] | None = None) -> Summary:
+    """Localize every image under ``paths`` into ``out_dir`` (see the module docstring); resumes a previous
+    run with the same options. Returns a :class:`Summary`."""
+    options = options or LocalizeOptions()
+    options.check()
+    device = resolve_device(options.device)
+    names = class_names_of(model)
+    target = resolve_target(options.target, names)
+    found = find_image_files(paths)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise WSOLError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.data_config if hasattr(model, "data_config") else {}
+    size = options.image_size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    options.image_size = size
+    config = _run_config(options, model, checkpoint)
+    config_path = out / "run.json"
+    if config_path.exists() and (out / "results.jsonl").exists():
+        try:
+            old = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            old = config
+        diff = [k for k in config if k in old and old[k] != config[k]]
+        if diff:
+            k = diff[0]
+            raise WSOLError(f"--out {out}: holds a run with {k}={old[k]!r}, not {config[k]!r}; "
+                            "use another --out folder or delete it to start over")
+    _atomic_text(config_path, json.dumps(config, indent=1) + "\n")
+
+    results = ResultsLog(out / "results.jsonl")
+    summary = Summary(out_dir=out, ignored=[str(p) for p in found.ignored])
+    todo = [i for i, k in enumerate(found.keys) if k not in results.done]
+    summary.resumed = len(found.keys) - len(todo)
+    files = [found.files[i] for i in todo]
+    keys = [found.keys[i] for i in todo]
+    dataset = ImageSource(files, size, cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3),
+                          str(cfg.get("interpolation", "bicubic")), DISPLAY_SIZE)
+    workers = _default_workers() if options.workers is None else options.workers
+    model = model.to(device).eval()
+    from wsol.report.overlay import label_text, write_overlay
+
+    def write(result: BatchResult) -> list[dict[str, Any]]:
+        batch = result.batch
+        top_p, top_i = result.probs.topk(min(5, result.probs.shape[1]), dim=1)
+        records = []
+        for row, index in enumerate(batch["indices"]):
+            width, height = batch["widths"][row], batch["heights"][row]
+            display = batch["displays"][row]
+            dh, dw = display.shape[:2]
+            raw = result.maps[row]
+            score = minmax_normalize(resize_map(raw, (dw, dh)))
+            boxes = boxes_with_scores(score, options.threshold, options.percentile, options.boxes, (width, height))
+            k = int(result.targets[row])
+            prob = float(result.probs[row, k])
+            key = keys[index]
+            rec: dict[str, Any] = {
+                "id": key, "path": str(files[index]), "width": width, "height": height,
+                "display_width": dw, "display_height": dh,
+                "top5": [{"class": int(c), "name": names[int(c)], "prob": round(float(p), 5)}
+                         for p, c in zip(top_p[row], top_i[row])],
+                "target": {"class": k, "name": names[k], "prob": round(prob, 5)},
+                "boxes": boxes, "box_score": "mean", "threshold": options.threshold,
+                "percentile": options.percentile, "method": options.method,
+            }
+            if batch["notes"][row]:
+                rec["converted_from"] = batch["notes"][row]
+            overlay_rel = f"overlays/{key}.png"
+            disp_boxes = scale_boxes([b["box"] for b in boxes], (width, height), (dw, dh)) if boxes else None
+            write_overlay(out / overlay_rel, display, score, disp_boxes, label_text(names[k], prob))
+            rec["overlay"] = overlay_rel
+            if options.save_maps:
+                map_rel = f"maps/{key}.npy"
+                full = minmax_normalize(resize_map(raw, (width, height))).astype(np.float32)
+                _atomic_npy(out / map_rel, full)
+                rec["map"] = map_rel
+            records.append(rec)
+        return records
+
+    progress = Progress(len(files), quiet)
+
+    def on_batch(n: int, errors: list[tuple[int, str]], records: Any) -> None:
+        if records:
+            results.append(records)
+        summary.processed += n
+        summary.skipped.extend((str(files[i]), reason) for i, reason in errors)
+        progress.advance(n + len(errors))
+
+    start = time.perf_counter()
+    try:
+        if files:
+            localize_loader(model, _loader(dataset, options.batch_size, workers, device), write,
+                            method=options.method, targets=target, device=device, on_batch=on_batch, threads=2)
+    finally:
+        summary.seconds = time.perf_counter() - start
+        progress.close()
+        results.close()
+        order = {k: i for i, k in enumerate(found.keys)}
+        records = sorted(results.records, key=lambda r: order.get(r["id"], len(order)))
+        skipped = [{"path": p, "reason": r} for p, r in summary.skipped]
+        skipped += [{"path": p, "reason": "not an image file (by extension); ignored"} for p in summary.ignored]
+        _atomic_text(out / "skipped.jsonl", "".join(json.dumps(s) + "\n" for s in skipped))
+        from wsol.report.html import write_html
+
+        write_html(out / "index.html", records, title=f"wsol localize: {config['model']} / {options.method}",
+                   summary=f"{len(records)} images, threshold {options.threshold} x p{options.percentile:g}")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- WSOL splits
+def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Module, *, method: str = "cam",
+                   scoremap_dir: str | Path | None = None, evaluate: bool = False,
+                   mask_root: str | Path | None = None, batch_size: int = 32, device: str = "auto",
+                   workers: int | None = None, image_size: int = 224, cam_curve_interval: float = 0.001,
+                   iou_thresholds: Sequence[int] = (30, 50, 70), quiet: bool = False) -> Summary:
+    """GT-known score maps (224 x 224, bicubic + min-max) of every image of a WSOL split, written as
+    ``<scoremap_dir>/<image_id>.npy`` (existing ones are kept: resume) and/or evaluated in the same pass."""
+    from wsol.data.metadata import Metadata
+    from wsol.metrics import BoxAccuracy, PixelAP
+
+    if scoremap_dir is None and not evaluate:
+        raise WSOLError("--metadata needs --scoremaps DIR and/or --evaluate")
+    get_method(method)
+    dev = resolve_device(device)
+    meta = Metadata.load(split_dir, mask_root)
+    root = Path(data_root)
+    if not root.is_dir():
+        raise WSOLError(f"--data-root {root}: folder not found")
+    k = int(model.num_classes)
+    bad = [i for i in meta.image_ids if meta.labels[i] >= k]
+    if bad:
+        raise WSOLError(f"{meta.split_dir}: label {meta.labels[bad[0]]} of {bad[0]!r} >= the model's {k} classes")
+    use_masks = evaluate and meta.has_masks and mask_root is not None
+    if evaluate and not meta.has_boxes and not use_masks:
+        raise WSOLError(f"{meta.split_dir}: has no boxes; give --mask-root to evaluate its masks")
+    ids = list(meta.image_ids)
+    if scoremap_dir is not None and not evaluate:
+        ids = [i for i in ids if not (Path(scoremap_dir) / f"{i}.npy").is_file()]
+    summary = Summary(resumed=len(meta.image_ids) - len(ids))
+    cfg = getattr(model, "data_config", {})
+    dataset = ImageSource([root / i for i in ids], image_size, cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3),
+                          "bilinear", display_size=0)
+    labels = torch.tensor([meta.labels[i] for i in ids], dtype=torch.long)
+    gt_boxes = meta.resized_boxes(224) if (evaluate and meta.has_boxes) else None
+    box_metric = BoxAccuracy(cam_curve_interval, iou_thresholds) if gt_boxes is not None else None
+    pixel_metric = PixelAP(cam_curve_interval) if use_masks else None
+    model = model.to(dev).eval()
+
+    def write(result: BatchResult) -> None:
+        batch_ids = [ids[i] for i in result.batch["indices"]]
+        maps = to_score_maps(result.maps, (224, 224)).astype(np.float32)
+        if scoremap_dir is not None:
+            for image_id, m in zip(batch_ids, maps):
+                _atomic_npy(Path(scoremap_dir) / f"{image_id}.npy", m)
+        if box_metric is not None:
+            box_metric.update(maps, [gt_boxes[i] for i in batch_ids], logits=result.logits,
+                              labels=result.targets, names=batch_ids)
+        if pixel_metric is not None:
+            pairs = [meta.load_mask(i, mask_root) for i in batch_ids]
+            pixel_metric.update(maps, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]),
+                                names=batch_ids)
+
+    progress = Progress(len(ids), quiet, "score maps")
+
+    def on_batch(n: int, errors: list[tuple[int, str]], _value: Any) -> None:
+        summary.processed += n
+        summary.skipped.extend((ids[i], reason) for i, reason in errors)
+        progress.advance(n + len(errors))
+
+    start = time.perf_counter()
+    try:
+        if ids:
+            # one writer thread: metric updates are not thread-safe
+            localize_loader(model, _loader(dataset, batch_size, _default_workers() if workers is None else workers,
+                                           dev), write, method=method,
+                            targets=lambda b: labels[b["indices"]], device=dev, on_batch=on_batch, threads=1)
+    finally:
+        summary.seconds = time.perf_counter() - start
+        progress.close()
+    if summary.skipped and evaluate:
+        first = summary.skipped[0]
+        raise WSOLError(f"{first[0]}: unreadable ({first[1]}); the protocol needs every image of the split"
+                        + (f" ({len(summary.skipped)} unreadable)" if len(summary.skipped) > 1 else ""))
+    if evaluate:
+        metrics: dict[str, Any] = {"split": str(meta.split_dir), "method": method,
+                                   "model": getattr(model, "name", ""), "num_images": len(ids)}
+        if box_metric is not None:
+            metrics["boxes"] = box_metric.compute()
+        if pixel_metric is not None:
+            metrics["masks"] = pixel_metric.compute()
+        summary.metrics = metrics
+    return summary
+
+
+def jsonable(value: Any) -> Any:
+    """Metrics dicts with numpy scalars / int keys made JSON-friendly."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+__all__ = [
+    "BatchResult", "Discovered", "ImageSource", "LocalizeOptions", "ResultsLog", "Summary", "boxes_with_scores",
+    "collate_images", "find_image_files", "jsonable", "load_model", "localize_images", "localize_loader",
+    "localize_split", "read_image", "resolve_device", "resolve_target", "run_model", "scale_boxes",
+]
