@@ -1,17 +1,182 @@
-"""The ``wsol`` command line. Each sub-command is a thin layer over the library."""
+"""The ``wsol`` command line. Each sub-command is a thin layer over the library.
+
+Errors a user can fix (:class:`~wsol.errors.WSOLError`) print as one line and exit with status 2.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+from wsol.errors import WSOLError
 
 app = typer.Typer(
     name="wsol",
     help="Weakly supervised object localization: maps, boxes, masks and the WSOL evaluation protocol.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
+console = Console(stderr=True)
+
+
+def run() -> None:
+    """Console-script entry point: the Typer app with one-line errors."""
+    try:
+        app()
+    except WSOLError as error:
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 @app.callback()
 def main() -> None:
     """wsol: find where objects are with classifiers trained on image labels."""
+
+
+@app.command()
+def evaluate(
+    metadata: Path = typer.Option(..., help="Split folder with image_ids.txt, class_labels.txt, localization.txt..."),
+    scoremaps: Path = typer.Option(..., help="Folder of <image_id>.npy score maps, 224 x 224, values in [0, 1]."),
+    mask_root: Path | None = typer.Option(None, help="Root of the mask PNGs named in the metadata (for PxAP)."),
+    cam_curve_interval: float = typer.Option(0.001, help="Threshold step: thresholds are arange(0, 1, interval)."),
+    iou: str = typer.Option("30 50 70", help="IoU criteria (%) for MaxBoxAccV2, e.g. '30 50 70' or 30,50,70."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write every number to this JSON file."),
+    plot: Path | None = typer.Option(None, help="Plot BoxAcc vs threshold (and the PR curve for masks) to a PNG."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Evaluate saved score maps with the WSOL protocol: MaxBoxAcc, MaxBoxAccV2, PxAP, peak IoU."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from wsol.data.metadata import Metadata
+    from wsol.metrics.scoremaps import evaluate_scoremaps, write_json_atomic
+
+    try:
+        iou_thresholds = tuple(int(v) for v in iou.replace(",", " ").split())
+    except ValueError:
+        raise WSOLError(f"--iou: expected integers such as '30 50 70', got {iou!r}") from None
+    split = Metadata.load(metadata, mask_root=mask_root)
+    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.speed} maps/s"),
+                  TimeRemainingColumn(), console=console, disable=quiet, transient=True) as progress:
+        task = progress.add_task("maps", total=len(split))
+        result, boxes, masks = evaluate_scoremaps(split, scoremaps, mask_root, cam_curve_interval, iou_thresholds,
+                                                  on_batch=lambda n: progress.advance(task, n))
+    result["metadata"], result["scoremaps"] = str(metadata), str(scoremaps)
+
+    table = Table(title=f"{metadata}  ({result['num_images']} images, threshold interval {cam_curve_interval:g})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("best threshold", justify="right")
+    if boxes is not None:
+        if "MaxBoxAcc" in result:
+            table.add_row("MaxBoxAcc (IoU 50, largest box)", f"{result['MaxBoxAcc']:.2f}",
+                          f"{result['MaxBoxAcc_threshold']:.3f}")
+            table.add_row("BoxAcc at tau = 0.2 (IoU 50, largest box)", f"{result['BoxAcc@0.2']:.2f}", "0.200")
+        table.add_row("MaxBoxAccV2 (all boxes, mean over IoU)", f"{result['MaxBoxAccV2']:.2f}", "")
+        for iou_value, row in result["per_iou"].items():
+            table.add_row(f"  IoU {iou_value}, all boxes", f"{row['all']['max_box_acc']:.2f}",
+                          f"{row['all']['best_threshold']:.3f}")
+    if masks is not None:
+        table.add_row("PxAP", f"{result['PxAP']:.2f}", "")
+        table.add_row("peak IoU", f"{result['peak_IoU']:.2f}", f"{result['peak_IoU_threshold']:.3f}")
+    Console().print(table)
+    if json_out is not None:
+        write_json_atomic(json_out, result)
+    if plot is not None:
+        from wsol.report.curves import plot_curves
+
+        plot_curves(plot, boxes, masks, title=str(metadata))
+
+
+@app.command()
+def samples(
+    out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder to write the sample photos into."),
+) -> None:
+    """Write a few sample photos (bundled with scikit-image, no network) to try `wsol localize` on."""
+    from wsol.samples import write_samples
+
+    for path in write_samples(out):
+        typer.echo(str(path))
+
+
+@app.command()
+def localize(
+    paths: list[Path] | None = typer.Argument(None, help="Images or folders (searched recursively)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder: results.jsonl, overlays/, index.html."),
+    model: str | None = typer.Option(None, help="Model name (default: the embedded EfficientNet-Lite0, offline)."),
+    checkpoint: Path | None = typer.Option(None, help="A checkpoint of a model trained with wsol."),
+    method: str = typer.Option("cam", help="Activation-map method (any registered one: cam, gradcam, pc1...)."),
+    target: str = typer.Option("top1", help="Class to localize: top1, a class index or a class name."),
+    threshold: float = typer.Option(0.2, help="Foreground = map > threshold x reference value."),
+    percentile: float = typer.Option(100.0, help="Reference value: this percentile of the map (100 = the max)."),
+    boxes: str = typer.Option("largest", help="largest (one box) or all (one per connected region)."),
+    image_size: int | None = typer.Option(None, help="Model input size (default: the model's, e.g. 224)."),
+    batch_size: int = typer.Option(32, help="Images per batch."),
+    device: str = typer.Option("auto", help="auto (CUDA if available), cpu, cuda, cuda:1..."),
+    workers: int | None = typer.Option(None, help="DataLoader decoding workers (default: CPUs - 1, at most 4)."),
+    save_maps: bool = typer.Option(False, "--save-maps", help="Also write maps/<image>.npy at the original size."),
+    metadata: Path | None = typer.Option(None, help="A WSOL metadata split folder (GT-known score maps mode)."),
+    data_root: Path | None = typer.Option(None, help="With --metadata: the images' root folder."),
+    scoremaps: Path | None = typer.Option(None, help="With --metadata: write <image_id>.npy 224 x 224 maps here."),
+    evaluate_: bool = typer.Option(False, "--evaluate", help="With --metadata: evaluate in the same pass."),
+    mask_root: Path | None = typer.Option(None, help="With --metadata --evaluate: mask PNG root (PxAP)."),
+    cam_curve_interval: float = typer.Option(0.001, help="With --evaluate: threshold step."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary."),
+) -> None:
+    """Heatmaps, boxes and an HTML report for any images (offline, CPU by default); or score maps of a split."""
+    import json
+
+    from wsol.localize.run import LocalizeOptions, jsonable, load_model, localize_images, localize_split
+
+    if metadata is not None:
+        if paths:
+            raise WSOLError("give either image PATHs or --metadata, not both")
+        if data_root is None:
+            raise WSOLError("--metadata needs --data-root (the folder the image ids are relative to)")
+        net = load_model(model, checkpoint)
+        summary = localize_split(metadata, data_root, net, method=method, scoremap_dir=scoremaps,
+                                 evaluate=evaluate_, mask_root=mask_root, batch_size=batch_size, device=device,
+                                 workers=workers, image_size=image_size or 224,
+                                 cam_curve_interval=cam_curve_interval, quiet=quiet)
+        if summary.metrics is not None:
+            text = json.dumps(jsonable(summary.metrics), indent=1)
+            typer.echo(text)
+            if out is not None:
+                from wsol.report.overlay import atomic_write_bytes
+
+                atomic_write_bytes(out / "metrics.json", (text + "\n").encode())
+        if not quiet:
+            console.print(f"{summary.processed} score maps in {summary.seconds:.1f}s "
+                          f"({summary.images_per_second:.1f} images/s), {summary.resumed} already there"
+                          + (f", {len(summary.skipped)} unreadable" if summary.skipped else ""), highlight=False)
+            for path, reason in summary.skipped:
+                console.print(f"  skipped {path}: {reason}", highlight=False, soft_wrap=True)
+        if summary.total == 0:
+            raise typer.Exit(1)
+        return
+    if not paths:
+        raise WSOLError("no PATH given: wsol localize PATH... --out DIR (or --metadata SPLIT_DIR)")
+    if out is None:
+        raise WSOLError("--out DIR is required")
+    options = LocalizeOptions(method=method, target=target, threshold=threshold, percentile=percentile, boxes=boxes,
+                              image_size=image_size, batch_size=batch_size, device=device, save_maps=save_maps,
+                              workers=workers)
+    options.check()  # wrong options fail before the model loads
+    net = load_model(model, checkpoint)
+    summary = localize_images(paths, out, net, options, quiet=quiet,
+                              checkpoint=str(checkpoint) if checkpoint else None)
+    if not quiet:
+        console.print(f"{summary.processed} images in {summary.seconds:.1f}s ({summary.images_per_second:.1f} "
+                      f"images/s), {summary.resumed} already done; report: {out / 'index.html'}", highlight=False)
+        for path, reason in summary.skipped:
+            console.print(f"  skipped {path}: {reason}", highlight=False, soft_wrap=True)
+        for path in summary.ignored:
+            console.print(f"  ignored {path}: not an image file", highlight=False, soft_wrap=True)
+    if summary.total == 0:
+        if not quiet:
+            console.print("[bold red]error:[/] no image could be processed", highlight=False)
+        raise typer.Exit(1)

@@ -34,11 +34,18 @@ class PixelAP(Metric):
         self.add_state("bg_hist", default=torch.zeros(num_bins, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("num_images", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
-    def _histogram(self, values: np.ndarray) -> np.ndarray:
-        """Counts per bin ``[e_i, e_i+1)`` (last bin closed), identical to ``numpy.histogram(values, edges)``."""
-        index = np.searchsorted(self.edges, values.astype(np.float64, copy=False), side="right") - 1
-        index[values == self.edges[-1]] = len(self.edges) - 2
-        return np.bincount(index, minlength=len(self.edges) - 1)
+    def _bin_index(self, values: np.ndarray) -> np.ndarray:
+        """Bin of each value, ``[e_i, e_i+1)``, identical to ``numpy.histogram(values, edges)`` for values in [0, 1].
+
+        A division guesses the bin of the uniform edges; one comparison each way with the actual edges
+        corrects float rounding, so the result is exact without a search.
+        """
+        values = values.astype(np.float64, copy=False)
+        last = len(self.thresholds)  # the bin [1.0, 2.0)
+        index = np.minimum((values / self.cam_curve_interval).astype(np.int64), last)
+        index -= values < self.edges[index]
+        index += values >= self.edges[index + 1]
+        return index
 
     def update(self, score_maps: torch.Tensor | np.ndarray, gt_masks: torch.Tensor | np.ndarray,
                ignore_masks: torch.Tensor | np.ndarray | None = None, names: Sequence[str] | None = None) -> None:
@@ -54,8 +61,10 @@ class PixelAP(Metric):
             counted = ~(np.asarray(ignore, dtype=bool) & ~masks)  # ignore region minus the foreground
         for i, score_map in enumerate(maps):
             check_score_map(score_map, names[i] if names is not None else f"score map {i} of the batch")
-        fg = self._histogram(maps[masks])
-        bg = self._histogram(maps[~masks & counted])
+        num_bins = len(self.edges) - 1
+        group = np.where(masks, 0, np.where(counted, 1, 2))  # foreground, background, ignored
+        counts = np.bincount((self._bin_index(maps) + num_bins * group).ravel(), minlength=3 * num_bins)
+        fg, bg = counts[:num_bins], counts[num_bins:2 * num_bins]
         self.fg_hist += torch.as_tensor(fg, device=self.device)
         self.bg_hist += torch.as_tensor(bg, device=self.device)
         self.num_images += len(maps)
@@ -87,5 +96,6 @@ class PixelAP(Metric):
         pxap = float((curves["precision"][1:] * np.diff(curves["recall"]))[counted].sum() * 100)
         iou = np.nan_to_num(curves["iou"], nan=0.0)
         best = int(iou.argmax())
-        return {"PxAP": pxap, "peak_IoU": float(iou[best] * 100), "peak_IoU_threshold": float(curves["threshold"][best]),
+        return {"PxAP": pxap, "peak_IoU": float(iou[best] * 100),
+                "peak_IoU_threshold": float(curves["threshold"][best]),
                 "num_images": int(self.num_images), "cam_curve_interval": self.cam_curve_interval}

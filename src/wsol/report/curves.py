@@ -1,0 +1,53 @@
+"""Plots of evaluation curves: BoxAcc against the threshold, and the pixel precision-recall curve."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from wsol.metrics.box_accuracy import BoxAccuracy  # noqa: E402
+from wsol.metrics.pixel_ap import PixelAP  # noqa: E402
+
+
+def plot_curves(path: str | Path, boxes: BoxAccuracy | None = None, masks: PixelAP | None = None,
+                title: str = "") -> None:
+    """One PNG with a panel per available metric; written atomically."""
+    panels = [p for p in (boxes, masks) if p is not None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, metric in zip(axes[0], panels):
+        if isinstance(metric, BoxAccuracy):
+            curves = metric.curves()
+            for row, iou in enumerate(metric.iou_thresholds):
+                ax.plot(metric.thresholds, curves["all"][row], label=f"all contours, IoU {iou}")
+            if 50 in metric.iou_thresholds:
+                row = metric.iou_thresholds.index(50)
+                ax.plot(metric.thresholds, curves["largest"][row], "k--", label="largest contour, IoU 50")
+            ax.set(xlabel="score-map threshold", ylabel="BoxAcc (%)", ylim=(0, 100),
+                   title=f"BoxAcc (interval {metric.cam_curve_interval:g})")
+        else:
+            curves = metric.curves()
+            ax.plot(curves["recall"], curves["precision"])
+            ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+                   title=f"pixel precision-recall, PxAP {metric.compute()['PxAP']:.2f}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8) if isinstance(metric, BoxAccuracy) else None
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
