@@ -18,7 +18,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from protocol_oracle import oracle_box_accuracy, oracle_pxap  # noqa: E402
 from scoremap_cases import benchmark_set  # noqa: E402
-
 from wsol.metrics import BoxAccuracy, PixelAP  # noqa: E402
 
 

@@ -9,9 +9,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
+
 from protocol_oracle import oracle_box_accuracy, oracle_pxap
 from scoremap_cases import smooth_map
-
 from wsol.data.metadata import Metadata
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from protocol_oracle import oracle_box_accuracy, oracle_boxes, oracle_pxap
 from scoremap_cases import benchmark_set, corner_case_maps, random_gt_boxes, smooth_map
-
 from wsol.errors import WSOLError
 from wsol.localize import box_iou, boxes_from_map, contour_boxes, minmax_normalize, to_score_maps
 from wsol.metrics import BoxAccuracy, PixelAP, best_ious, threshold_list
