@@ -1,5 +1,7 @@
 """models: backbone + pooling head = a classifier exposing (features, logits, folded class weights)."""
 
+from wsol.models import replknet as _replknet  # noqa: F401  (registers replknet_* with timm)
+from wsol.models import slak as _slak  # noqa: F401  (registers slak_* with timm)
 from wsol.models.classifier import WSOLClassifier, load_weights
 from wsol.models.factory import EMBEDDED_MODEL, WSOL_MODELS, build_model, list_models
 from wsol.models.heads import BatchNormHead, LayerNormHead, LinearHead, Pool, tap_pool
