@@ -103,6 +103,43 @@ def samples(
         typer.echo(str(path))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train(
+    overrides: list[str] | None = typer.Argument(None, help="Dotted key=value overrides, e.g. optim.lr=0.001."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="A YAML recipe (see configs/)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from <trainer.out_dir>/checkpoints/last.ckpt."),
+    devices: str | None = typer.Option(None, help="Devices per node: auto, N or a list '0,1' (DDP when > 1)."),
+    num_nodes: int | None = typer.Option(None, help="Nodes (multi-node DDP through Lightning's environment)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (= trainer.out_dir)."),
+    test_methods: str = typer.Option("", help="Map variants for the final test, e.g. 'cam cam+nwc cam+pas pc1'."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or model summary."),
+) -> None:
+    """Train a WSOL classifier (Lightning), validate localization each epoch, test the selected checkpoint."""
+    from wsol.train.config import load_config
+    from wsol.train.run import train as run_train
+
+    extra = list(overrides or [])
+    if devices is not None:
+        extra.append(f"trainer.devices={devices}")
+    if num_nodes is not None:
+        extra.append(f"trainer.num_nodes={num_nodes}")
+    if out is not None:
+        extra.append(f"trainer.out_dir={out}")
+    recipe = load_config(config, extra)
+    methods = test_methods.replace(",", " ").split() or None
+    summary = run_train(recipe, resume=resume, test_methods=methods, quiet=quiet)
+    if not quiet:
+        test = summary.get("test", {})
+        console.print(f"classification top-1 {test.get('classification', {}).get('top1_cls', float('nan')):.2f}",
+                      highlight=False)
+        for spec, entry in test.items():
+            if spec == "classification":
+                continue
+            parts = [f"{k} {entry[k]:.2f}" for k in ("MaxBoxAcc", "MaxBoxAccV2", "PxAP") if k in entry]
+            console.print(f"{spec}: " + ", ".join(parts), highlight=False)
+        console.print(f"metrics: {Path(summary['out_dir']) / 'test_metrics.json'}", highlight=False)
+
+
 @app.command()
 def localize(
     paths: list[Path] | None = typer.Argument(None, help="Images or folders (searched recursively)."),

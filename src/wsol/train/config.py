@@ -1,0 +1,283 @@
+"""Training configuration: a tree of dataclasses loaded from YAML, with dotted ``key=value`` overrides.
+
+Every key is checked: an unknown key (in the file or in an override) raises :class:`WSOLError` naming the
+key and the valid keys at that level; a value of the wrong type names the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wsol.errors import WSOLError
+
+
+@dataclass
+class ModelConfig:
+    """The classifier: any ``wsol.models.build_model`` name with a pooling head."""
+
+    name: str = "resnet50"
+    pool: str = "gap"  # gap | gmp | tap
+    tap_theta: float = 0.1
+    pretrained: bool = True
+    weights: str | None = None  # a local checkpoint loaded after building (offline ImageNet weights)
+    large_feature_map: bool = False
+    num_classes: int | None = None  # default: from the training labels
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they are fed to the model."""
+
+    format: str = "wsol"  # wsol (metadata splits, localization validation) | folder (class-per-folder tree)
+    root: str = ""  # the data root the image ids are relative to (folder: holds train/ [val/] [test/])
+    metadata: str | None = None  # the metadata root holding <train_split>/, <val_split>/, <test_split>/
+    mask_root: str | None = None  # the mask PNGs' root (PxAP); None = no masks
+    train_split: str = "train"
+    val_split: str | None = "val"  # train-fullsup; None = no validation
+    test_split: str | None = "test"
+    pipeline: str = "protocol"  # protocol (resize 256 / crop 224) | cab384 (CAM Back Again, 384 px)
+    resize_size: int | None = None  # default: 256 (protocol) or 384 (cab384)
+    crop_size: int | None = None  # default: 224 (protocol) or 384 (cab384)
+    mean: list[float] | None = None  # default: the model's (data_config), mean = std = 0.5 for cab384
+    std: list[float] | None = None
+    batch_size: int = 32  # per process
+    eval_batch_size: int | None = None
+    num_workers: int = 4
+
+
+@dataclass
+class OptimConfig:
+    """SGD with a 10x classifier group and step decay (protocol), or AdamW with cosine decay."""
+
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    classifier_lr_mult: float = 10.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: str | None = None  # step | cosine | none; default: step for sgd, cosine for adamw
+    lr_decay_epochs: int = 30  # step: multiply by lr_decay_gamma every this many epochs
+    lr_decay_gamma: float = 0.1
+    warmup_epochs: int = 0  # cosine: linear warm-up epochs
+    min_lr: float = 0.0  # cosine: final learning rate
+
+
+@dataclass
+class EvalConfig:
+    """Localization validation after each epoch and the final test."""
+
+    method: str = "cam"  # any wsol.cams method for the GT class (GT-known)
+    cam_curve_interval: float = 0.001
+    iou_thresholds: list[int] = field(default_factory=lambda: [30, 50, 70])
+    select: str = "auto"  # auto (MaxBoxAccV2 with boxes, else PxAP) | MaxBoxAcc | MaxBoxAccV2 | PxAP | top1_cls
+    test_checkpoint: str = "best"  # best (by `select` on the val split) | last
+    every_n_epochs: int = 1
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning trainer settings and the output folder."""
+
+    out_dir: str = "runs/wsol"
+    epochs: int = 50
+    max_steps: int = -1  # stop after this many optimizer steps (-1: no limit)
+    limit_train_batches: float | int = 1.0
+    limit_val_batches: float | int = 1.0
+    accelerator: str = "auto"
+    devices: str = "auto"  # auto | N | "0,1"
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto = ddp when several devices
+    precision: str = "auto"  # auto = 16-mixed on GPU (bf16-mixed where supported), 32 on CPU
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    seed: int = 0
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """The whole recipe. ``reported`` states what the paper reports for this recipe (documentation only)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    reported: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check(self) -> None:
+        """Validate choices and ranges; raise a one-line :class:`WSOLError` naming the key."""
+        choices = {
+            "model.pool": (self.model.pool, ("gap", "gmp", "tap")),
+            "data.format": (self.data.format, ("wsol", "folder")),
+            "data.pipeline": (self.data.pipeline, ("protocol", "cab384")),
+            "optim.name": (self.optim.name, ("sgd", "adamw")),
+            "optim.schedule": (self.optim.schedule, (None, "step", "cosine", "none")),
+            "eval.select": (self.eval.select, ("auto", "MaxBoxAcc", "MaxBoxAccV2", "PxAP", "top1_cls")),
+            "eval.test_checkpoint": (self.eval.test_checkpoint, ("best", "last")),
+        }
+        for key, (value, valid) in choices.items():
+            if value not in valid:
+                raise WSOLError(f"config {key}={value!r}: must be one of {', '.join(map(str, valid))}")
+        positive = {"data.batch_size": self.data.batch_size, "optim.lr": self.optim.lr,
+                    "trainer.epochs": self.trainer.epochs, "trainer.num_nodes": self.trainer.num_nodes,
+                    "trainer.accumulate_grad_batches": self.trainer.accumulate_grad_batches,
+                    "eval.every_n_epochs": self.eval.every_n_epochs}
+        for key, value in positive.items():
+            if value <= 0:
+                raise WSOLError(f"config {key}={value!r}: must be > 0")
+        if not self.data.root:
+            raise WSOLError("config data.root: required (the folder the images are in)")
+        if self.data.format == "wsol" and not self.data.metadata:
+            raise WSOLError("config data.metadata: required with data.format=wsol (the folder of split folders)")
+        from wsol.cams import METHODS  # noqa: F401  (validated by get_method when the module is built)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except WSOLError as exc:
+                errors.append(str(exc))
+        raise WSOLError(errors[0] if len(errors) == 1 else
+                        f"config {key}={value!r}: expected {' or '.join(_type_name(a) for a in args)}")
+    if tp is Any:
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)):
+            raise WSOLError(f"config {key}={value!r}: expected a list")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise WSOLError(f"config {key}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise WSOLError(f"config {key}={value!r}: expected true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise WSOLError(f"config {key}={value!r}: expected an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise WSOLError(f"config {key}={value!r}: expected an integer") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise WSOLError(f"config {key}={value!r}: expected a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise WSOLError(f"config {key}={value!r}: expected a number") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise WSOLError(f"config {key}: expected a string, got {type(value).__name__}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise WSOLError(f"config {prefix or '<top level>'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    valid = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in valid:
+            raise WSOLError(f"config: unknown key {dotted!r}; valid keys{' under ' + prefix[:-1] if prefix else ''}: "
+                            f"{', '.join(valid)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(value, tp, dotted)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, overlay: dict) -> dict:
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], YAML-parsed value)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().lstrip("-")
+    if not sep or not key:
+        raise WSOLError(f"override {text!r}: expected key=value, e.g. optim.lr=0.001")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML recipe (or start from the defaults), apply ``key=value`` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise WSOLError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise WSOLError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise WSOLError(f"{path}: the config must be a mapping of sections (model, data, optim, ...)")
+        data = loaded or {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        data = _merge(data, nested)
+    try:
+        config = _build(TrainConfig, data, "")
+    except WSOLError as exc:
+        raise WSOLError(f"{path}: {exc}" if path is not None else str(exc)) from None
+    return config
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a config saved with :meth:`TrainConfig.to_dict` (e.g. from a checkpoint)."""
+    return _build(TrainConfig, data, "")

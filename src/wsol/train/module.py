@@ -1,0 +1,251 @@
+"""The LightningModule: classifier training, and localization validation/test with the protocol's metrics.
+
+Validation (every ``eval.every_n_epochs``) computes, on the val split (train-fullsup), classification
+accuracy and, from the GT class's map of ``eval.method`` (GT-known) made 224 x 224 by the reference path,
+MaxBoxAcc / MaxBoxAccV2 (boxes) and PxAP (masks). The test stage does the same for every variant in
+``test_methods``. Metric states are torchmetrics counters reduced (summed) across DDP ranks at compute.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from wsol.data.metadata import Metadata
+from wsol.errors import WSOLError
+from wsol.metrics import BoxAccuracy, PixelAP
+from wsol.models import WSOLClassifier, build_model
+from wsol.train.config import TrainConfig, config_from_dict
+from wsol.train.maps import MapVariant
+
+
+class ClassAccuracy(Metric):
+    """Top-1 / top-5 classification accuracy as summed counters (exact across ranks)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name in ("top1", "top5", "total"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit = top == labels.view(-1, 1)
+        self.top1 += hit[:, 0].sum()
+        self.top5 += hit.any(1).sum()
+        self.total += labels.numel()
+
+    def compute(self) -> dict[str, float]:
+        n = max(int(self.total), 1)
+        return {"top1_cls": int(self.top1) * 100.0 / n, "top5_cls": int(self.top5) * 100.0 / n,
+                "num_images": int(self.total)}
+
+
+def model_from_config(config: TrainConfig, num_classes: int, pretrained: bool = True) -> WSOLClassifier:
+    """Build the classifier a config describes (``pretrained=False`` when weights come from a checkpoint)."""
+    m = config.model
+    use_pretrained = pretrained and (m.pretrained or m.weights is not None)
+    return build_model(m.name, num_classes=num_classes, pool=m.pool, tap_theta=m.tap_theta,
+                       pretrained=use_pretrained and m.weights is None,
+                       weights=m.weights if use_pretrained else None, large_feature_map=m.large_feature_map)
+
+
+class WSOLModule(L.LightningModule):
+    """Wraps a :class:`WSOLClassifier` as ``self.model``; hyper-parameters are plain dicts/lists."""
+
+    def __init__(self, config: dict[str, Any], num_classes: int, class_names: list[str] | None = None,
+                 test_methods: list[str] | None = None, build_pretrained: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["build_pretrained"])
+        self.cfg = config_from_dict(config)
+        self.model = model_from_config(self.cfg, num_classes, pretrained=build_pretrained)
+        if class_names is not None:
+            self.model.class_names = list(class_names)
+        self.loss = nn.CrossEntropyLoss()
+        self.val_variant = MapVariant.parse(self.cfg.eval.method)
+        self.test_variants = [MapVariant.parse(s) for s in (test_methods or [self.cfg.eval.method])]
+        self.eval_splits: dict[str, Metadata | None] = {}  # set by run.py: metadata of val/test (not saved)
+        self.mask_root: str | None = self.cfg.data.mask_root
+        self.results: dict[str, dict[str, Any]] = {}
+        self._metrics: dict[str, dict[str, Metric]] = {}
+        self._gt_boxes: dict[str, dict[str, np.ndarray]] = {}
+
+    # ------------------------------------------------------------------ training
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels, _ = batch
+        logits = self.model(images)
+        loss = self.loss(logits, labels)
+        acc = (logits.argmax(1) == labels).float().mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("train/acc", acc * 100, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        o, epochs = self.cfg.optim, self.cfg.trainer.epochs
+        groups = self.model.param_groups(o.lr, o.classifier_lr_mult)
+        if o.name == "sgd":
+            opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                  nesterov=o.nesterov)
+        else:
+            opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+        schedule = o.schedule or ("step" if o.name == "sgd" else "cosine")
+        if schedule == "none":
+            return opt
+        if schedule == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_decay_epochs, gamma=o.lr_decay_gamma)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        # cosine over optimizer steps with an optional linear warm-up (a stateless closed form: exact resume)
+        steps = self.trainer.estimated_stepping_batches if self.trainer is not None else epochs
+        total = max(int(steps), 1)
+        per_epoch = max(total // max(epochs, 1), 1)
+        warm = o.warmup_epochs * per_epoch
+        floor = o.min_lr / o.lr
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _CosineFactor(total, warm, floor))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def _setup_metrics(self, stage: str, variants: list[MapVariant]) -> None:
+        meta = self.eval_splits.get(stage)
+        interval, ious = self.cfg.eval.cam_curve_interval, self.cfg.eval.iou_thresholds
+        metrics: dict[str, Metric] = {"cls": ClassAccuracy()}
+        if meta is not None:
+            for v in variants:
+                if meta.has_boxes:
+                    metrics[f"{v.spec}/box"] = BoxAccuracy(interval, ious)
+                if meta.has_masks and self.mask_root is not None:
+                    metrics[f"{v.spec}/mask"] = PixelAP(interval)
+            if meta.has_boxes and stage not in self._gt_boxes:
+                self._gt_boxes[stage] = meta.resized_boxes()
+        for m in metrics.values():
+            m.to(self.device)
+        self._metrics[stage] = metrics
+
+    def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor, Tensor], variants: list[MapVariant]) -> None:
+        images, labels, index = batch
+        metrics = self._metrics[stage]
+        meta = self.eval_splits.get(stage)
+        logits = None
+        if meta is not None and len(metrics) > 1:
+            ids = [meta.image_ids[int(i)] for i in index]
+            masks = None
+            if any(k.endswith("/mask") for k in metrics):
+                fg, ignore = zip(*(meta.load_mask(i, self.mask_root) for i in ids))
+                masks = (np.stack(fg), np.stack(ignore))
+            for v in variants:
+                raw, out_logits = v.raw_maps(self.model, images, labels)
+                logits = out_logits if logits is None else logits
+                score = v.score_maps(raw)
+                if f"{v.spec}/box" in metrics:
+                    metrics[f"{v.spec}/box"].update(score, [self._gt_boxes[stage][i] for i in ids],
+                                                    logits=out_logits.float(), labels=labels, names=ids)
+                if masks is not None:
+                    metrics[f"{v.spec}/mask"].update(score, masks[0], masks[1], names=ids)
+        if logits is None:
+            logits = self.model(images)
+        metrics["cls"].update(logits.float(), labels)
+
+    def _eval_end(self, stage: str, variants: list[MapVariant]) -> dict[str, Any]:
+        metrics = self._metrics.pop(stage)
+        result: dict[str, Any] = {"classification": metrics.pop("cls").compute()}
+        for v in variants:
+            entry: dict[str, Any] = {}
+            for kind in ("box", "mask"):
+                m = metrics.get(f"{v.spec}/{kind}")
+                if m is not None:
+                    entry.update(m.compute())
+            if entry:
+                result[v.spec] = entry
+        return result
+
+    def on_validation_epoch_start(self) -> None:
+        self._setup_metrics("val", [self.val_variant])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch, [self.val_variant])
+
+    def on_validation_epoch_end(self) -> None:
+        result = self._eval_end("val", [self.val_variant])
+        self.results["val"] = result
+        flat = flat_metrics(result, self.val_variant.spec)
+        if self.trainer is not None and not self.trainer.sanity_checking:
+            for key, value in flat.items():
+                self.log(f"val/{key}", value, prog_bar=key in ("top1_cls", "MaxBoxAcc", "MaxBoxAccV2", "PxAP"),
+                         sync_dist=False, rank_zero_only=False)
+
+    def on_test_epoch_start(self) -> None:
+        self._setup_metrics("test", self.test_variants)
+
+    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch, self.test_variants)
+
+    def on_test_epoch_end(self) -> None:
+        self.results["test"] = self._eval_end("test", self.test_variants)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["wsol"] = {
+            "model": self.cfg.model.name, "num_classes": int(self.model.num_classes), "pool": self.cfg.model.pool,
+            "tap_theta": float(self.cfg.model.tap_theta), "large_feature_map": bool(self.cfg.model.large_feature_map),
+            "class_names": list(self.model.class_names) if self.model.class_names else None,
+            "data_config": _plain(self.model.data_config), "config": self.cfg.to_dict(),
+        }
+
+
+class _CosineFactor:
+    """Picklable, stateless LR factor: linear warm-up then cosine from 1 to ``floor``."""
+
+    def __init__(self, total: int, warmup: int, floor: float) -> None:
+        self.total, self.warmup, self.floor = total, warmup, floor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        t = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def flat_metrics(result: dict[str, Any], spec: str) -> dict[str, float]:
+    """The headline numbers of one variant plus classification, as floats."""
+    out = {k: float(v) for k, v in result["classification"].items() if k != "num_images"}
+    entry = result.get(spec, {})
+    for key in ("MaxBoxAcc", "MaxBoxAccV2", "PxAP", "peak_IoU", "top1_loc", "top5_loc"):
+        if key in entry:
+            out[key] = float(entry[key])
+    return out
+
+
+def select_metric(config: TrainConfig, meta: Metadata | None, has_masks: bool) -> str:
+    """The metric the protocol selects checkpoints by: MaxBoxAccV2 (boxes), PxAP (masks), else top-1."""
+    if config.eval.select != "auto":
+        return config.eval.select
+    if meta is not None and meta.has_boxes:
+        return "MaxBoxAccV2"
+    if meta is not None and meta.has_masks and has_masks:
+        return "PxAP"
+    return "top1_cls"
+
+
+def check_selectable(name: str, meta: Metadata | None, has_masks: bool) -> None:
+    """Raise when ``eval.select`` names a metric the val split cannot give."""
+    boxes = meta is not None and meta.has_boxes
+    masks = meta is not None and meta.has_masks and has_masks
+    if (name in ("MaxBoxAcc", "MaxBoxAccV2") and not boxes) or (name == "PxAP" and not masks):
+        raise WSOLError(f"config eval.select={name}: the val split has no {'masks' if name == 'PxAP' else 'boxes'}")

@@ -1,0 +1,337 @@
+"""``wsol train``: fit with per-epoch localization validation, checkpoint selection, test, JSON of every metric.
+
+Output folder (``trainer.out_dir``)::
+
+    config.yaml                  the resolved recipe
+    checkpoints/last.ckpt        every epoch end (and on Ctrl-C): resume with --resume
+    checkpoints/best.ckpt        best val metric (eval.select; MaxBoxAccV2 / PxAP as the protocol does)
+    logs/version_N/metrics.csv   CSV log; tb/ TensorBoard log
+    val_history.jsonl            the val metrics of every epoch
+    test_metrics.json            every test metric of the selected checkpoint (written atomically)
+
+Checkpoints are Lightning checkpoints holding plain data only (``torch.load(weights_only=True)`` reads
+them) plus ``checkpoint["wsol"]`` with the model's name, classes and pooling: :func:`load_checkpoint_model`
+rebuilds the classifier from the file alone.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+
+from wsol.errors import WSOLError
+from wsol.metrics.scoremaps import write_json_atomic
+from wsol.models import WSOLClassifier, build_model
+from wsol.train.config import TrainConfig
+from wsol.train.data import WSOLDataModule
+from wsol.train.module import WSOLModule, check_selectable, flat_metrics, select_metric
+
+LAST, BEST = "last", "best"
+
+
+class TrainingInterrupted(WSOLError):
+    """Raised after a Ctrl-C: the run stopped at a batch boundary and saved a resumable checkpoint."""
+
+
+class GracefulInterrupt(Callback):
+    """First Ctrl-C: finish the current batch, save ``last.ckpt`` and stop. A second Ctrl-C aborts (Lightning
+    then still calls ``on_exception``, which saves what it can)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.requested = False
+        self.saved = False
+        self._previous: Any = None
+
+    def request(self) -> None:
+        self.requested = True
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread
+            self._previous = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        stop = self.requested
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop and not self.saved:
+            trainer.save_checkpoint(self.path)
+            self.saved = True
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
+        if isinstance(exception, KeyboardInterrupt) and not self.saved:
+            trainer.save_checkpoint(self.path)
+            self.saved = True
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+class ValHistory(Callback):
+    """Appends each epoch's val metrics to ``val_history.jsonl`` (rank 0)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: WSOLModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or "val" not in pl_module.results:
+            return
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+               **flat_metrics(pl_module.results["val"], pl_module.val_variant.spec)}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def _devices(value: str) -> Any:
+    text = str(value).strip()
+    if text == "auto":
+        return "auto"
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return [int(v) for v in text.replace(",", " ").split()]
+
+
+def _precision(config: TrainConfig, accelerator: str) -> str:
+    if config.trainer.precision != "auto":
+        return config.trainer.precision
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if not gpu:
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def make_trainer(config: TrainConfig, out: Path, *, callbacks: Sequence[Callback] = (), monitor: str | None = None,
+                 quiet: bool = False, loggers: bool = True) -> tuple[L.Trainer, ModelCheckpoint | None]:
+    """A Lightning trainer for this recipe (checkpoints, CSV/TensorBoard logs, progress bar, DDP)."""
+    t = config.trainer
+    cbs: list[Callback] = list(callbacks)
+    ckpt = None
+    if loggers:
+        ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename=BEST, monitor=f"val/{monitor}" if monitor else None,
+                               mode="max", save_top_k=1 if monitor else 0, save_last=True,
+                               enable_version_counter=False, auto_insert_metric_name=False)
+        cbs.append(ckpt)
+    if t.progress_bar and not quiet:
+        try:
+            cbs.append(RichProgressBar())
+        except ModuleNotFoundError:
+            cbs.append(TQDMProgressBar())
+    logger: Any = False
+    if loggers:
+        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+        logger = [CSVLogger(out, name="logs")]
+        if t.tensorboard:
+            logger.append(TensorBoardLogger(out, name="tb", default_hp_metric=False))
+    strategy: Any = t.strategy
+    devices = _devices(t.devices)
+    if strategy == "auto" and ((isinstance(devices, int) and devices > 1) or isinstance(devices, list)
+                               or t.num_nodes > 1):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=False)
+    trainer = L.Trainer(
+        accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes, strategy=strategy,
+        precision=_precision(config, t.accelerator), max_epochs=t.epochs, max_steps=t.max_steps,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
+        check_val_every_n_epoch=config.eval.every_n_epochs, num_sanity_val_steps=0,
+        deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps, logger=logger, callbacks=cbs,
+        enable_progress_bar=t.progress_bar and not quiet, enable_model_summary=not quiet,
+        enable_checkpointing=ckpt is not None, use_distributed_sampler=False, inference_mode=False,
+        default_root_dir=str(out),
+    )
+    return trainer, ckpt
+
+
+def _quiet_warnings() -> None:
+    for pattern in (".*does not have many workers.*", ".*The number of training batches.*",
+                    ".*sync_dist=True.*", ".*LeafSpec.*", ".*isinstance.*treespec.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def train(config: TrainConfig, *, resume: bool | str | Path = False, callbacks: Sequence[Callback] = (),
+          test_methods: Sequence[str] | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Fit, select the checkpoint, test it, write ``test_metrics.json``; return the summary.
+
+    ``resume=True`` continues from ``<out_dir>/checkpoints/last.ckpt``; a path resumes from that file.
+    A Ctrl-C stops at the next batch boundary with a resumable ``last.ckpt`` and raises
+    :class:`TrainingInterrupted`.
+    """
+    config.check()
+    _quiet_warnings()
+    out = Path(config.trainer.out_dir)
+    last = out / "checkpoints" / f"{LAST}.ckpt"
+    ckpt_path: str | None = None
+    if resume:
+        ckpt_path = str(last if resume is True else resume)
+        if not Path(ckpt_path).is_file():
+            raise WSOLError(f"--resume: {ckpt_path} not found (nothing to resume in {out})")
+    elif last.exists():
+        raise WSOLError(f"{out}: already holds a run ({last}); pass --resume to continue it, "
+                        "or set trainer.out_dir to a new folder")
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    datamodule = WSOLDataModule(config)
+    val_meta = datamodule.splits["val"].metadata if datamodule.splits.get("val") else None
+    has_masks = config.data.mask_root is not None
+    monitor = select_metric(config, val_meta, has_masks) if datamodule.splits.get("val") else None
+    if monitor:
+        check_selectable(monitor, val_meta, has_masks)
+    num_classes = config.model.num_classes or datamodule.num_classes
+    if num_classes < datamodule.num_classes:
+        raise WSOLError(f"config model.num_classes={num_classes}: the labels go up to {datamodule.num_classes - 1}")
+    module = WSOLModule(config.to_dict(), num_classes, datamodule.class_names, list(test_methods or []) or None,
+                        build_pretrained=ckpt_path is None)
+    _attach(module, datamodule)
+    datamodule.set_normalization(module.model.data_config["mean"], module.model.data_config["std"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    interrupt = GracefulInterrupt(last)
+    trainer, ckpt = make_trainer(config, out, callbacks=[interrupt, ValHistory(out / "val_history.jsonl"),
+                                                         *callbacks], monitor=monitor, quiet=quiet)
+    started = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if interrupt.saved or interrupt.requested:
+        raise TrainingInterrupted(f"training interrupted at epoch {trainer.current_epoch} step {trainer.global_step}; "
+                                  f"resumable checkpoint {last}; continue with --resume")
+    fit_seconds = time.time() - started
+    summary: dict[str, Any] = {"out_dir": str(out), "fit_seconds": fit_seconds, "select_metric": monitor,
+                               "last_checkpoint": str(last)}
+    best = ckpt.best_model_path if ckpt is not None and monitor else ""
+    summary["best_checkpoint"] = best or None
+    if monitor and ckpt is not None and ckpt.best_model_score is not None:
+        summary["best_val"] = float(ckpt.best_model_score)
+    chosen = best if config.eval.test_checkpoint == BEST and best else str(last)
+    summary["tested_checkpoint"] = chosen
+    if datamodule.splits.get("test") is not None:
+        result = evaluate_module(config, module, datamodule, chosen, trainer=trainer)
+        summary["test"] = result
+        if trainer.is_global_zero:
+            write_json_atomic(out / "test_metrics.json", _jsonable({**summary, "config": config.to_dict()}))
+    return summary
+
+
+def _attach(module: WSOLModule, datamodule: WSOLDataModule) -> None:
+    for stage in ("val", "test"):
+        split = datamodule.splits.get(stage)
+        module.eval_splits[stage] = split.metadata if split is not None else None
+
+
+def evaluate_module(config: TrainConfig, module: WSOLModule, datamodule: WSOLDataModule, checkpoint: str | None,
+                    trainer: L.Trainer | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Run the test stage (all ``module.test_variants``) with the weights of ``checkpoint``."""
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+    if trainer is None:
+        trainer, _ = make_trainer(config, Path(config.trainer.out_dir), quiet=quiet, loggers=False)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    return module.results.get("test", {})
+
+
+def evaluate(config: TrainConfig, checkpoint: str | Path, *, split: str = "test",
+             methods: Sequence[str] | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Evaluate a ``wsol train`` checkpoint on ``split`` of the config's dataset with the trainer's devices
+    (DDP across ranks gives exactly the single-process numbers). Returns every metric per map variant."""
+    config.check()
+    _quiet_warnings()
+    path = Path(checkpoint)
+    meta = read_checkpoint_meta(path)
+    config.data.test_split = split
+    config.data.val_split = None
+    if config.data.format == "wsol":
+        config.data.train_split = split  # only the test split is read
+    datamodule = WSOLDataModule(config)
+    module = WSOLModule(config.to_dict(), int(meta["num_classes"]), meta.get("class_names"),
+                        list(methods or []) or None, build_pretrained=False)
+    _check_arch(path, meta, module.model)
+    _attach(module, datamodule)
+    datamodule.set_normalization(module.model.data_config["mean"], module.model.data_config["std"])
+    return evaluate_module(config, module, datamodule, str(path), quiet=quiet)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """``checkpoint["wsol"]`` of a ``wsol train`` checkpoint; one-line errors for other files."""
+    path = Path(path)
+    if not path.is_file():
+        raise WSOLError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise WSOLError(f"{path}: cannot read checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("wsol"), dict) or "state_dict" not in obj:
+        raise WSOLError(f"{path}: not a `wsol train` checkpoint (no 'wsol' model record)")
+    meta = dict(obj["wsol"])
+    meta["state_dict"] = obj["state_dict"]
+    return meta
+
+
+def _check_arch(path: Path, meta: dict[str, Any], model: WSOLClassifier) -> None:
+    own = {f"model.{k}": v.shape for k, v in model.state_dict().items()}
+    theirs = {k: v.shape for k, v in meta["state_dict"].items()}
+    if own.keys() != theirs.keys() or any(own[k] != theirs[k] for k in own):
+        diff = sorted(set(own) ^ set(theirs)) or [k for k in own if own[k] != theirs[k]]
+        raise WSOLError(f"{path}: checkpoint of model {meta.get('model')!r} does not fit {model.name!r} "
+                        f"(first differing key: {diff[0]})")
+
+
+def load_checkpoint_model(path: str | Path, map_location: str | torch.device = "cpu") -> WSOLClassifier:
+    """Rebuild the trained classifier (architecture, pooling, classes, weights) from a ``wsol train``
+    checkpoint alone; eval mode."""
+    path = Path(path)
+    meta = read_checkpoint_meta(path)
+    model = build_model(str(meta["model"]), num_classes=int(meta["num_classes"]), pool=str(meta.get("pool", "gap")),
+                        tap_theta=float(meta.get("tap_theta", 0.1)), pretrained=False,
+                        large_feature_map=bool(meta.get("large_feature_map", False)))
+    state = {k[len("model."):]: v for k, v in meta["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = [k for k in model.state_dict() if k not in state], [k for k in state
+                                                                             if k not in model.state_dict()]
+    if missing or unexpected:
+        raise WSOLError(f"{path}: weights do not fit {meta['model']!r} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.load_state_dict(state)
+    if meta.get("class_names"):
+        model.class_names = list(meta["class_names"])
+    if isinstance(meta.get("data_config"), dict):
+        dc = dict(meta["data_config"])
+        for key in ("mean", "std", "input_size"):
+            if key in dc and isinstance(dc[key], list):
+                dc[key] = tuple(dc[key])
+        model.data_config.update(dc)
+    return model.to(map_location).eval()
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    return obj
