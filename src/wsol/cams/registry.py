@@ -24,6 +24,7 @@ METHODS: dict[str, type[CAMMethod]] = {
     "smoothgradcampp": SmoothGradCAMpp,
     "xgradcam": XGradCAM,
     "layercam": LayerCAM,
+    "fcam": __import__("wsol.cams.fcam", fromlist=["FCAMMap"]).FCAMMap,
 }
 
 
