@@ -10,7 +10,8 @@ from protocol_oracle import oracle_box_accuracy, oracle_boxes, oracle_pxap
 from scoremap_cases import benchmark_set, corner_case_maps, random_gt_boxes, smooth_map
 from wsol.errors import WSOLError
 from wsol.localize import box_iou, boxes_from_map, contour_boxes, minmax_normalize, to_score_maps
-from wsol.metrics import BoxAccuracy, PixelAP, best_ious, threshold_list
+from wsol.metrics import BoxAccuracy, PixelAP, threshold_hits, threshold_list
+from wsol.metrics._kernels import pixel_histograms
 
 
 # ---------------------------------------------------------------- golden values
@@ -126,8 +127,8 @@ def test_box_accuracy_equals_the_oracle(interval):
     curves = metric.curves()
     largest = oracle_box_accuracy(maps, boxes, interval, multi_contour=False)
     every = oracle_box_accuracy(maps, boxes, interval, multi_contour=True)
+    np.testing.assert_array_equal(curves["largest"], largest[50])
     for row, iou in enumerate((30, 50, 70)):
-        np.testing.assert_array_equal(curves["largest"][row], largest[iou])
         np.testing.assert_array_equal(curves["all"][row], every[iou])
     result = metric.compute()
     assert result["MaxBoxAcc"] == largest[50].max()
@@ -137,12 +138,31 @@ def test_box_accuracy_equals_the_oracle(interval):
 def test_every_corner_case_map_matches_the_oracle_per_threshold():
     rng = np.random.default_rng(7)
     thresholds = threshold_list(0.01)
+    criteria = np.array([10, 30, 50, 70, 90]) / 100
     for score_map in corner_case_maps(rng):
         gt = random_gt_boxes(rng, max_boxes=4)
-        largest, every = best_ious(score_map, gt, thresholds, min_iou=0.0)
-        for multi, ours in ((False, largest), (True, every)):
-            expected = [box_iou(b, gt).max() for b in oracle_boxes(score_map, thresholds, multi)]
-            np.testing.assert_array_equal(ours, expected)
+        for largest_criterion in (0.3, 0.5):
+            largest, every = threshold_hits(score_map, gt, thresholds, criteria, largest_criterion)
+            best = np.array([box_iou(b, gt).max() for b in oracle_boxes(score_map, thresholds, False)])
+            np.testing.assert_array_equal(largest, best >= largest_criterion)
+        best = np.array([box_iou(b, gt).max() for b in oracle_boxes(score_map, thresholds, True)])
+        np.testing.assert_array_equal(every, best[None, :] >= criteria[:, None])
+
+
+def test_gt_box_hugging_the_map_makes_every_level_count():
+    """GT boxes equal to each threshold's boxes: every level is decided, also those with several blobs."""
+    rng = np.random.default_rng(2)
+    thresholds = threshold_list(0.05)
+    for score_map in [smooth_map(rng, grid=5) for _ in range(4)] + corner_case_maps(rng)[2:6]:
+        per_threshold = oracle_boxes(score_map, thresholds, multi_contour=True)
+        gt = per_threshold[len(thresholds) // 2]
+        criteria = np.array([0.3, 0.5, 0.7, 0.99])
+        for largest_criterion in criteria:
+            largest, every = threshold_hits(score_map, gt, thresholds, criteria, largest_criterion)
+            best = np.array([box_iou(b, gt).max() for b in oracle_boxes(score_map, thresholds, False)])
+            np.testing.assert_array_equal(largest, best >= largest_criterion)
+        best = np.array([box_iou(b, gt).max() for b in oracle_boxes(score_map, thresholds, True)])
+        np.testing.assert_array_equal(every, best[None, :] >= criteria[:, None])
 
 
 def test_pixel_ap_equals_the_oracle_with_ignore_regions():
@@ -209,6 +229,8 @@ def test_pixel_bins_equal_numpy_histogram_at_and_around_every_edge(interval):
     metric = PixelAP(interval)
     inner = metric.edges[:-2]
     values = np.concatenate([np.random.default_rng(0).random(10000), inner, np.nextafter(inner, -1).clip(0),
-                             np.nextafter(inner, 2), [0.0, 1.0]])
-    np.testing.assert_array_equal(np.bincount(metric._bin_index(values), minlength=len(metric.edges) - 1),
-                                  np.histogram(values, bins=metric.edges)[0])
+                             np.nextafter(inner, 2).clip(0, 1), [0.0, 1.0]])
+    counts, problems = pixel_histograms(values.reshape(1, 1, -1), np.ones((1, 1, len(values)), bool),
+                                        np.zeros((0, 0, 0), bool), metric.edges, interval)
+    np.testing.assert_array_equal(counts[0], np.histogram(values, bins=metric.edges)[0])
+    assert not counts[1].any() and not problems.any()

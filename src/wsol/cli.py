@@ -72,14 +72,12 @@ def evaluate(
     table.add_column("value", justify="right")
     table.add_column("best threshold", justify="right")
     if boxes is not None:
-        if "MaxBoxAcc" in result:
-            table.add_row("MaxBoxAcc (IoU 50, largest box)", f"{result['MaxBoxAcc']:.2f}",
-                          f"{result['MaxBoxAcc_threshold']:.3f}")
-            table.add_row("BoxAcc at tau = 0.2 (IoU 50, largest box)", f"{result['BoxAcc@0.2']:.2f}", "0.200")
+        table.add_row("MaxBoxAcc (IoU 50, largest box)", f"{result['MaxBoxAcc']:.2f}",
+                      f"{result['MaxBoxAcc_threshold']:.3f}")
+        table.add_row("BoxAcc at tau = 0.2 (IoU 50, largest box)", f"{result['BoxAcc@0.2']:.2f}", "0.200")
         table.add_row("MaxBoxAccV2 (all boxes, mean over IoU)", f"{result['MaxBoxAccV2']:.2f}", "")
         for iou_value, row in result["per_iou"].items():
-            table.add_row(f"  IoU {iou_value}, all boxes", f"{row['all']['max_box_acc']:.2f}",
-                          f"{row['all']['best_threshold']:.3f}")
+            table.add_row(f"  IoU {iou_value}, all boxes", f"{row['max_box_acc']:.2f}", f"{row['best_threshold']:.3f}")
     if masks is not None:
         table.add_row("PxAP", f"{result['PxAP']:.2f}", "")
         table.add_row("peak IoU", f"{result['peak_IoU']:.2f}", f"{result['peak_IoU_threshold']:.3f}")

@@ -15,6 +15,7 @@ from torchmetrics import Metric
 
 from wsol.errors import WSOLError
 from wsol.localize.maps import check_score_map
+from wsol.metrics._kernels import pixel_histograms
 from wsol.metrics.box_accuracy import threshold_list
 
 
@@ -34,39 +35,22 @@ class PixelAP(Metric):
         self.add_state("bg_hist", default=torch.zeros(num_bins, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("num_images", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
-    def _bin_index(self, values: np.ndarray) -> np.ndarray:
-        """Bin of each value, ``[e_i, e_i+1)``, identical to ``numpy.histogram(values, edges)`` for values in [0, 1].
-
-        A division guesses the bin of the uniform edges; one comparison each way with the actual edges
-        corrects float rounding, so the result is exact without a search.
-        """
-        values = values.astype(np.float64, copy=False)
-        last = len(self.thresholds)  # the bin [1.0, 2.0)
-        index = np.minimum((values / self.cam_curve_interval).astype(np.int64), last)
-        index -= values < self.edges[index]
-        index += values >= self.edges[index + 1]
-        return index
-
     def update(self, score_maps: torch.Tensor | np.ndarray, gt_masks: torch.Tensor | np.ndarray,
                ignore_masks: torch.Tensor | np.ndarray | None = None, names: Sequence[str] | None = None) -> None:
-        maps = score_maps.detach().cpu().numpy() if isinstance(score_maps, torch.Tensor) else np.asarray(score_maps)
-        masks = gt_masks.detach().cpu().numpy() if isinstance(gt_masks, torch.Tensor) else np.asarray(gt_masks)
-        if maps.ndim != 3 or masks.shape != maps.shape:
-            raise WSOLError(f"score maps {tuple(maps.shape)} and GT masks {tuple(masks.shape)} must both be (B, H, W)")
-        masks = masks.astype(bool)
-        if ignore_masks is None:
-            counted = np.ones_like(masks)
-        else:
-            ignore = ignore_masks.detach().cpu().numpy() if isinstance(ignore_masks, torch.Tensor) else ignore_masks
-            counted = ~(np.asarray(ignore, dtype=bool) & ~masks)  # ignore region minus the foreground
-        for i, score_map in enumerate(maps):
-            check_score_map(score_map, names[i] if names is not None else f"score map {i} of the batch")
-        num_bins = len(self.edges) - 1
-        group = np.where(masks, 0, np.where(counted, 1, 2))  # foreground, background, ignored
-        counts = np.bincount((self._bin_index(maps) + num_bins * group).ravel(), minlength=3 * num_bins)
-        fg, bg = counts[:num_bins], counts[num_bins:2 * num_bins]
-        self.fg_hist += torch.as_tensor(fg, device=self.device)
-        self.bg_hist += torch.as_tensor(bg, device=self.device)
+        maps, masks, ignore = (np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x)
+                               for x in (score_maps, gt_masks, np.zeros((0, 0, 0), bool) if ignore_masks is None
+                                         else ignore_masks))
+        if maps.ndim != 3 or masks.shape != maps.shape or (ignore.size and ignore.shape != maps.shape):
+            raise WSOLError(f"score maps {maps.shape}, GT masks {masks.shape} and ignore masks {ignore.shape} "
+                            "must all be (B, H, W)")
+        if maps.dtype.kind != "f":
+            raise WSOLError(f"score maps must be float, got {maps.dtype}")
+        counts, problems = pixel_histograms(maps, masks.astype(bool, copy=False), ignore.astype(bool, copy=False),
+                                            self.edges, self.cam_curve_interval)
+        for i in np.flatnonzero(problems):
+            check_score_map(maps[i], names[i] if names is not None else f"score map {i} of the batch")
+        self.fg_hist += torch.as_tensor(counts[0], device=self.device)
+        self.bg_hist += torch.as_tensor(counts[1], device=self.device)
         self.num_images += len(maps)
 
     def curves(self) -> dict[str, np.ndarray]:

@@ -25,9 +25,7 @@ def plot_curves(path: str | Path, boxes: BoxAccuracy | None = None, masks: Pixel
             curves = metric.curves()
             for row, iou in enumerate(metric.iou_thresholds):
                 ax.plot(metric.thresholds, curves["all"][row], label=f"all contours, IoU {iou}")
-            if 50 in metric.iou_thresholds:
-                row = metric.iou_thresholds.index(50)
-                ax.plot(metric.thresholds, curves["largest"][row], "k--", label="largest contour, IoU 50")
+            ax.plot(metric.thresholds, curves["largest"], "k--", label="largest contour, IoU 50 (MaxBoxAcc)")
             ax.set(xlabel="score-map threshold", ylabel="BoxAcc (%)", ylim=(0, 100),
                    title=f"BoxAcc (interval {metric.cam_curve_interval:g})")
         else:
