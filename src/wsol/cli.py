@@ -215,3 +215,8 @@ def localize(
         if not quiet:
             console.print("[bold red]error:[/] no image could be processed", highlight=False)
         raise typer.Exit(1)
+
+
+from wsol.fcam.cli import register as _register_fcam  # noqa: E402  (wsol fcam train | localize)
+
+_register_fcam(app)

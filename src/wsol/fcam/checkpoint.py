@@ -10,6 +10,8 @@ Layout (a plain dict, ``torch.load(..., weights_only=True)``-safe)::
 
 The classifier part is an ordinary wsol classifier checkpoint: anything that loads those (``wsol localize
 --checkpoint``'s loader, ``build_model(weights=...)``) still gets the classifier from this file.
+:func:`load_fcam` also reads the Lightning checkpoints of ``wsol fcam train`` (``state_dict`` with
+``model.classifier.*`` / ``model.decoder.*`` keys next to the same ``wsol`` and ``fcam`` records).
 """
 
 from __future__ import annotations
@@ -73,9 +75,19 @@ def save_fcam(model: FCAM, path: str | Path, build: Mapping[str, Any] | None = N
 
 
 def is_fcam_checkpoint(obj: Any) -> bool:
-    """Whether a loaded checkpoint object is an F-CAM checkpoint."""
-    return isinstance(obj, Mapping) and isinstance(obj.get("fcam"), Mapping) and isinstance(obj.get("decoder"),
-                                                                                            Mapping)
+    """Whether a loaded checkpoint object is an F-CAM checkpoint (ours or a Lightning one)."""
+    return (isinstance(obj, Mapping) and isinstance(obj.get("fcam"), Mapping)
+            and isinstance(obj.get("state_dict"), Mapping))
+
+
+def _split_state(obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(classifier state, decoder state) of either checkpoint layout."""
+    if isinstance(obj.get("decoder"), Mapping):
+        return dict(obj["state_dict"]), dict(obj["decoder"])
+    state = obj["state_dict"]
+    clf = {k[len("model.classifier."):]: v for k, v in state.items() if k.startswith("model.classifier.")}
+    dec = {k[len("model.decoder."):]: v for k, v in state.items() if k.startswith("model.decoder.")}
+    return clf, dec
 
 
 def load_fcam(path: str | Path, map_location: str | torch.device = "cpu") -> FCAM:
@@ -91,14 +103,14 @@ def load_fcam(path: str | Path, map_location: str | torch.device = "cpu") -> FCA
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a user-facing error
         raise WSOLError(f"{path}: cannot be read ({type(exc).__name__})") from exc
     if not is_fcam_checkpoint(obj):
-        raise WSOLError(f"{path}: not an F-CAM checkpoint (no 'fcam' and 'decoder' entries); "
+        raise WSOLError(f"{path}: not an F-CAM checkpoint (no 'fcam' record); "
                         "train one with `wsol fcam train`")
     meta = dict(obj.get("wsol") or {})
     if not meta.get("model"):
         raise WSOLError(f"{path}: F-CAM checkpoint names no classifier model (wsol.model)")
     kwargs = {k: meta[k] for k in ("pool", "tap_theta", "large_feature_map", "surgery") if k in meta}
     classifier = build_model(str(meta["model"]), num_classes=meta.get("num_classes"), pretrained=False, **kwargs)
-    state = obj["state_dict"]
+    state, decoder_state = _split_state(obj)
     missing, unexpected, shapes = _problems(classifier, state)
     if missing or unexpected or shapes:
         first = (missing + unexpected + shapes)[0]
@@ -116,7 +128,7 @@ def load_fcam(path: str | Path, map_location: str | torch.device = "cpu") -> FCA
     spec = obj["fcam"]
     decoder = FCAMDecoder(spec["feature_channels"], spec["channels"])
     try:
-        decoder.load_state_dict(obj["decoder"], strict=True)
+        decoder.load_state_dict(decoder_state, strict=True)
     except RuntimeError as exc:
         raise WSOLError(f"{path}: decoder weights do not match its channels "
                         f"({str(exc).splitlines()[0][:200]})") from exc

@@ -102,11 +102,12 @@ def dense_crf_loss(image: Tensor, probs: Tensor, sigma_rgb: float = 15.0, sigma_
     s = int(downsample)
     if s < 1:
         raise WSOLError(f"CRF loss: downsample must be >= 1, got {downsample}")
-    with torch.no_grad():
-        feats = bilateral_features(image.detach(), sigma_rgb, sigma_xy, s)
-    p = F.avg_pool2d(probs.float(), s, s, ceil_mode=True) if s > 1 else probs.float()
-    values = p.flatten(2).transpose(1, 2)  # (B, N, K)
-    energy = _DenseCRFEnergy.apply(feats, values, int(chunk))
+    with torch.autocast(probs.device.type, enabled=False):  # distances need float32, not bf16/fp16
+        with torch.no_grad():
+            feats = bilateral_features(image.detach().float(), sigma_rgb, sigma_xy, s)
+        p = F.avg_pool2d(probs.float(), s, s, ceil_mode=True) if s > 1 else probs.float()
+        values = p.flatten(2).transpose(1, 2)  # (B, N, K)
+        energy = _DenseCRFEnergy.apply(feats, values, int(chunk))
     return -energy * (s ** 4) / probs.shape[0]
 
 

@@ -74,6 +74,28 @@ class FCAM(nn.Module):
     def class_names(self, names: list[str] | None) -> None:
         self.classifier.class_names = names
 
+    # ------------------------------------------------------------------ the classifier's CAM interface
+    @property
+    def feature_layer(self) -> nn.Module:
+        return self.classifier.feature_layer
+
+    def features(self, x: Tensor) -> Tensor:
+        """The classifier's CAM feature map F, so every CAM method also runs on an FCAM."""
+        return self.classifier.features(x)
+
+    def logits_from_features(self, f: Tensor) -> Tensor:
+        return self.classifier.logits_from_features(f)
+
+    def class_weights(self, f: Tensor) -> tuple[Tensor, Tensor]:
+        return self.classifier.class_weights(f)
+
+    def multiscale_features(self, x: Tensor) -> list[Tensor]:
+        return self.classifier.multiscale_features(x)
+
+    def param_groups(self, lr: float, classifier_mult: float = 10.0) -> list[dict[str, Any]]:
+        """One optimizer group: the decoder (the classifier is frozen)."""
+        return [{"params": [p for p in self.decoder.parameters() if p.requires_grad], "lr": lr, "name": "decoder"}]
+
     # ------------------------------------------------------------------ freezing
     def freeze_classifier(self) -> None:
         """No gradients for the classifier and eval mode for all its modules."""
