@@ -74,6 +74,7 @@ class WSOLModule(L.LightningModule):
         self.eval_splits: dict[str, Metadata | None] = {}  # set by run.py: metadata of val/test (not saved)
         self.mask_root: str | None = self.cfg.data.mask_root
         self.results: dict[str, dict[str, Any]] = {}
+        self.results_path: str | None = None  # rank 0 writes the test results here (JSON), e.g. for ddp_spawn
         self._metrics: dict[str, dict[str, Metric]] = {}
         self._gt_boxes: dict[str, dict[str, np.ndarray]] = {}
 
@@ -105,13 +106,27 @@ class WSOLModule(L.LightningModule):
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_decay_epochs, gamma=o.lr_decay_gamma)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         # cosine over optimizer steps with an optional linear warm-up (a stateless closed form: exact resume)
-        steps = self.trainer.estimated_stepping_batches if self.trainer is not None else epochs
-        total = max(int(steps), 1)
-        per_epoch = max(total // max(epochs, 1), 1)
+        per_epoch = self._steps_per_epoch()
+        total = per_epoch * epochs
+        if self.cfg.trainer.max_steps > 0:
+            total = min(total, self.cfg.trainer.max_steps)
         warm = o.warmup_epochs * per_epoch
         floor = o.min_lr / o.lr
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _CosineFactor(total, warm, floor))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch, from the split size (not ``trainer.estimated_stepping_batches``, which
+        loads the train dataloader before a checkpoint's loader state is restored and breaks exact resume)."""
+        trainer = self.trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if dm is None or not hasattr(dm, "splits"):
+            return 1
+        world = trainer.world_size
+        batches = math.ceil(math.ceil(len(dm.splits["train"]) / world) / self.cfg.data.batch_size)
+        limit = self.cfg.trainer.limit_train_batches
+        batches = int(batches * limit) if isinstance(limit, float) else min(int(limit), batches)
+        return max(math.ceil(batches / self.cfg.trainer.accumulate_grad_batches), 1)
 
     # ------------------------------------------------------------------ evaluation
     def _setup_metrics(self, stage: str, variants: list[MapVariant]) -> None:
@@ -190,6 +205,10 @@ class WSOLModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.results["test"] = self._eval_end("test", self.test_variants)
+        if self.results_path and (self.trainer is None or self.trainer.is_global_zero):
+            from wsol.metrics.scoremaps import write_json_atomic
+
+            write_json_atomic(self.results_path, _plain_json(self.results["test"]))
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -219,6 +238,16 @@ def _plain(obj: Any) -> Any:
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
+    return obj
+
+
+def _plain_json(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain_json(v) for v in obj]
+    if isinstance(obj, (np.generic, Tensor)):
+        return obj.item()
     return obj
 
 

@@ -43,6 +43,10 @@ class TrainingInterrupted(WSOLError):
     """Raised after a Ctrl-C: the run stopped at a batch boundary and saved a resumable checkpoint."""
 
 
+class _Stop(Exception):  # noqa: N818
+    """Ends ``trainer.fit`` right after the interrupt checkpoint is written."""
+
+
 class GracefulInterrupt(Callback):
     """First Ctrl-C: finish the current batch, save ``last.ckpt`` and stop. A second Ctrl-C aborts (Lightning
     then still calls ``on_exception``, which saves what it can)."""
@@ -74,7 +78,7 @@ class GracefulInterrupt(Callback):
         if stop and not self.saved:
             trainer.save_checkpoint(self.path)
             self.saved = True
-            trainer.should_stop = True
+            raise _Stop  # not should_stop: that would run a validation and checkpoint callbacks mid-epoch
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
@@ -97,7 +101,7 @@ class ValHistory(Callback):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: WSOLModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: WSOLModule) -> None:  # after the module's hooks
         if trainer.sanity_checking or not trainer.is_global_zero or "val" not in pl_module.results:
             return
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
@@ -131,10 +135,13 @@ def make_trainer(config: TrainConfig, out: Path, *, callbacks: Sequence[Callback
     cbs: list[Callback] = list(callbacks)
     ckpt = None
     if loggers:
-        ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename=BEST, monitor=f"val/{monitor}" if monitor else None,
-                               mode="max", save_top_k=1 if monitor else 0, save_last=True,
-                               enable_version_counter=False, auto_insert_metric_name=False)
-        cbs.append(ckpt)
+        # two callbacks: Lightning's save_last only refreshes last.ckpt when a top-k checkpoint was saved
+        cbs.append(ModelCheckpoint(dirpath=out / "checkpoints", filename=LAST, monitor=None, save_top_k=1,
+                                   enable_version_counter=False, auto_insert_metric_name=False))
+        if monitor:
+            ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename=BEST, monitor=f"val/{monitor}", mode="max",
+                                   save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False)
+            cbs.append(ckpt)
     if t.progress_bar and not quiet:
         try:
             cbs.append(RichProgressBar())
@@ -162,7 +169,7 @@ def make_trainer(config: TrainConfig, out: Path, *, callbacks: Sequence[Callback
         check_val_every_n_epoch=config.eval.every_n_epochs, num_sanity_val_steps=0,
         deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps, logger=logger, callbacks=cbs,
         enable_progress_bar=t.progress_bar and not quiet, enable_model_summary=not quiet,
-        enable_checkpointing=ckpt is not None, use_distributed_sampler=False, inference_mode=False,
+        enable_checkpointing=loggers, use_distributed_sampler=False, inference_mode=False,
         default_root_dir=str(out),
     )
     return trainer, ckpt
@@ -211,10 +218,18 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, callbacks: 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
     interrupt = GracefulInterrupt(last)
-    trainer, ckpt = make_trainer(config, out, callbacks=[interrupt, ValHistory(out / "val_history.jsonl"),
-                                                         *callbacks], monitor=monitor, quiet=quiet)
+    # the interrupt callback goes last, so every other batch-end hook has run when it saves and stops
+    trainer, ckpt = make_trainer(config, out, callbacks=[ValHistory(out / "val_history.jsonl"), *callbacks,
+                                                         interrupt], monitor=monitor, quiet=quiet)
     started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except _Stop:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if interrupt.saved or interrupt.requested:
         raise TrainingInterrupted(f"training interrupted at epoch {trainer.current_epoch} step {trainer.global_step}; "
                                   f"resumable checkpoint {last}; continue with --resume")
@@ -242,19 +257,28 @@ def _attach(module: WSOLModule, datamodule: WSOLDataModule) -> None:
 
 
 def evaluate_module(config: TrainConfig, module: WSOLModule, datamodule: WSOLDataModule, checkpoint: str | None,
-                    trainer: L.Trainer | None = None, quiet: bool = True) -> dict[str, Any]:
-    """Run the test stage (all ``module.test_variants``) with the weights of ``checkpoint``."""
+                    trainer: L.Trainer | None = None, quiet: bool = True,
+                    json_out: str | Path | None = None) -> dict[str, Any]:
+    """Run the test stage (all ``module.test_variants``) with the weights of ``checkpoint``.
+
+    With ``json_out``, rank 0 also writes the results there (the way back from spawned DDP processes)."""
     if checkpoint:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])
     if trainer is None:
         trainer, _ = make_trainer(config, Path(config.trainer.out_dir), quiet=quiet, loggers=False)
+    module.results_path = str(json_out) if json_out is not None else None
+    module.results.pop("test", None)
     trainer.test(module, datamodule=datamodule, verbose=False)
-    return module.results.get("test", {})
+    if "test" not in module.results and json_out is not None and Path(json_out).is_file():
+        return json.loads(Path(json_out).read_text(encoding="utf-8"))  # ran in spawned processes
+    # the same plain JSON types (string keys) whether the results come from this process or from rank 0's file
+    return json.loads(json.dumps(_jsonable(module.results.get("test", {}))))
 
 
 def evaluate(config: TrainConfig, checkpoint: str | Path, *, split: str = "test",
-             methods: Sequence[str] | None = None, quiet: bool = True) -> dict[str, Any]:
+             methods: Sequence[str] | None = None, quiet: bool = True,
+             json_out: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a ``wsol train`` checkpoint on ``split`` of the config's dataset with the trainer's devices
     (DDP across ranks gives exactly the single-process numbers). Returns every metric per map variant."""
     config.check()
@@ -271,7 +295,7 @@ def evaluate(config: TrainConfig, checkpoint: str | Path, *, split: str = "test"
     _check_arch(path, meta, module.model)
     _attach(module, datamodule)
     datamodule.set_normalization(module.model.data_config["mean"], module.model.data_config["std"])
-    return evaluate_module(config, module, datamodule, str(path), quiet=quiet)
+    return evaluate_module(config, module, datamodule, str(path), quiet=quiet, json_out=json_out)
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -312,7 +336,8 @@ def load_checkpoint_model(path: str | Path, map_location: str | torch.device = "
     missing, unexpected = [k for k in model.state_dict() if k not in state], [k for k in state
                                                                              if k not in model.state_dict()]
     if missing or unexpected:
-        raise WSOLError(f"{path}: weights do not fit {meta['model']!r} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise WSOLError(f"{path}: weights do not fit {meta['model']!r} "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.load_state_dict(state)
     if meta.get("class_names"):
         model.class_names = list(meta["class_names"])

@@ -1,0 +1,172 @@
+"""wsol train: exact resume after Ctrl-C, DDP evaluation = single process, configs, checkpoints, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from wsol.data.synth import SynthConfig, generate
+from wsol.errors import WSOLError
+from wsol.train.config import load_config
+from wsol.train.run import TrainingInterrupted, evaluate, load_checkpoint_model, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "tiny"
+    # 9 test images: 2 ranks get 5 and 4, so a padding sampler would count one twice
+    generate(SynthConfig(num_classes=3, train_per_class=6, val_per_class=2, test_per_class=3, min_side=64,
+                         max_side=96, distractors=1), out)
+    return out
+
+
+def tiny_overrides(synth: Path, out: Path, **extra: object) -> list[str]:
+    values = {
+        "model.name": "resnet10t", "model.pretrained": False, "data.root": synth / "images",
+        "data.metadata": synth / "metadata", "data.mask_root": synth / "masks", "data.resize_size": 72,
+        "data.crop_size": 64, "data.batch_size": 4, "data.num_workers": 0, "optim.lr": 0.01,
+        "eval.cam_curve_interval": 0.01, "trainer.out_dir": out, "trainer.epochs": 2, "trainer.accelerator": "cpu",
+        "trainer.devices": 1, "trainer.progress_bar": False, "trainer.tensorboard": False,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+class LossRecorder(Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, *args) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+class CtrlC(Callback):
+    """Sends SIGINT to this process after ``step`` optimizer steps (a user pressing Ctrl-C)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_interrupt_and_resume_matches_uninterrupted(synth: Path, tmp_path: Path) -> None:
+    # 18 train images / batch 4 = 5 batches per epoch (last one short); 2 epochs, AdamW + cosine per step
+    extra = {"optim.name": "adamw", "optim.lr": 0.001, "optim.warmup_epochs": 1}
+    straight = LossRecorder()
+    full = train(load_config(None, tiny_overrides(synth, tmp_path / "a", **extra)), callbacks=[straight], quiet=True)
+
+    first = LossRecorder()
+    config_b = load_config(None, tiny_overrides(synth, tmp_path / "b", **extra))
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(config_b, callbacks=[first, CtrlC(step=7)], quiet=True)  # mid second epoch
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
+    with pytest.raises(WSOLError, match="already holds a run"):
+        train(config_b, quiet=True)
+    second = LossRecorder()
+    resumed = train(config_b, resume=True, callbacks=[second], quiet=True)
+
+    assert len(straight.losses) == 10
+    stopped = len(first.losses)
+    assert 7 <= stopped < 10
+    assert first.losses + second.losses == pytest.approx(straight.losses, rel=1e-5, abs=1e-6)
+    wa, wb = _weights(tmp_path / "a/checkpoints/last.ckpt"), _weights(tmp_path / "b/checkpoints/last.ckpt")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert resumed["test"]["cam"]["MaxBoxAccV2"] == pytest.approx(full["test"]["cam"]["MaxBoxAccV2"])
+    history = (tmp_path / "b" / "val_history.jsonl").read_text().splitlines()
+    assert len(history) == 2  # one validation per epoch, none repeated by the resume
+    assert (tmp_path / "a" / "test_metrics.json").is_file()
+    assert (tmp_path / "a" / "logs" / "version_0" / "metrics.csv").is_file()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    train(load_config(None, tiny_overrides(synth, out, **{"trainer.epochs": 1, "model.pool": "tap"})), quiet=True)
+    return out / "checkpoints" / "best.ckpt"
+
+
+def test_ddp_evaluation_equals_single_process(synth: Path, checkpoint: Path, tmp_path: Path) -> None:
+    methods = ["cam", "cam+pas", "gradcam"]
+    single = evaluate(load_config(None, tiny_overrides(synth, tmp_path / "one", **{"model.pool": "tap"})),
+                      checkpoint, methods=methods)
+    config = load_config(None, tiny_overrides(synth, tmp_path / "two", **{
+        "model.pool": "tap", "trainer.devices": 2, "trainer.strategy": "ddp_spawn"}))
+    double = evaluate(config, checkpoint, methods=methods, json_out=tmp_path / "two.json")
+    assert single["classification"]["num_images"] == double["classification"]["num_images"] == 9
+    for spec in methods:
+        assert single[spec]["num_images"] == 9
+    assert double == single
+
+
+def test_checkpoint_rebuilds_model_for_localize(checkpoint: Path, synth: Path) -> None:
+    model = load_checkpoint_model(checkpoint)
+    assert model.head.pool.kind == "tap" and model.num_classes == 3
+    state = _weights(checkpoint)
+    assert torch.equal(model.head.fc.weight, state["model.head.fc.weight"])
+    from wsol.localize.run import load_model
+
+    other = load_model(None, checkpoint)  # what `wsol localize --checkpoint` calls today: weights load
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(other.eval().features(x), model.features(x))
+        f = model.features(x)
+        pooled = model.head.pool(f)
+        torch.testing.assert_close(model(x), model.head.fc(pooled))
+
+
+def test_checkpoint_of_another_architecture(checkpoint: Path, synth: Path, tmp_path: Path) -> None:
+    config = load_config(None, tiny_overrides(synth, tmp_path, **{"model.name": "resnet18"}))
+    with pytest.raises(WSOLError, match="does not fit 'resnet18'"):
+        evaluate(config, checkpoint)
+    bogus = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(2)}, bogus)
+    with pytest.raises(WSOLError, match="not a `wsol train` checkpoint"):
+        load_checkpoint_model(bogus)
+
+
+def test_config_errors(synth: Path, tmp_path: Path) -> None:
+    with pytest.raises(WSOLError, match=r"unknown key 'optim\.lrr'.*valid keys under optim: name, lr"):
+        load_config(None, ["optim.lrr=0.1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: resnet18\n  poool: gap\n")
+    with pytest.raises(WSOLError, match=r"bad\.yaml: config: unknown key 'model\.poool'"):
+        load_config(bad)
+    with pytest.raises(WSOLError, match=r"optim\.lr='fast': expected a number"):
+        load_config(None, ["optim.lr=fast"])
+    config = load_config(None, tiny_overrides(synth, tmp_path / "x", **{"data.root": tmp_path}))
+    with pytest.raises(WSOLError, match=r"00_stripes_h000_0000\.png: image named by .*image_ids\.txt not found"):
+        train(config, quiet=True)
+
+
+def test_cli_one_line_error(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", "from wsol.cli import run; run()", "train", "trainer.epochz=3"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown key 'trainer.epochz'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path: Path) -> None:
+    config = load_config(path, ["data.root=/data", "data.metadata=/data/metadata"])
+    config.check()
+    if not path.name.startswith("synth_"):
+        assert config.reported, f"{path.name} must state the number the paper reports"
