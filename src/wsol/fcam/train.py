@@ -173,7 +173,8 @@ class FCAMModule(WSOLModule):
         config["model"] = {**config.get("model", {}), "name": str(meta["model"]), "pool": str(meta.get("pool", "gap")),
                            "tap_theta": float(meta.get("tap_theta", 0.1)), "pretrained": False, "weights": None,
                            "large_feature_map": bool(meta.get("large_feature_map", False)),
-                           "num_classes": int(meta["num_classes"])}
+                           "num_classes": int(meta["num_classes"]),
+                           **({"surgery": meta["surgery"]} if "surgery" in meta else {})}
         if int(meta["num_classes"]) < num_classes:
             raise WSOLError(f"{settings.classifier}: the classifier has {meta['num_classes']} classes, "
                             f"the data {num_classes}")
@@ -291,5 +292,5 @@ def export_fcam(lightning_checkpoint: str | Path, path: str | Path) -> Path:
     obj = torch.load(lightning_checkpoint, map_location="cpu", weights_only=True)
     model = load_fcam(lightning_checkpoint)
     meta = obj.get("wsol", {})
-    build = {k: meta[k] for k in ("pool", "tap_theta", "large_feature_map") if k in meta}
+    build = {k: meta[k] for k in ("pool", "tap_theta", "large_feature_map", "surgery") if k in meta}
     return save_fcam(model, path, build=build, config=obj.get("fcam", {}).get("config", {}))

@@ -1,0 +1,174 @@
+"""F-CAM vs CAM on the synthetic benchmark (CPU): same classifier, same test split, same evaluation.
+
+    .venv/bin/python benchmarks/fcam_synth.py [--out runs/bench_fcam] [--quick]
+
+Steps (each skipped when its output exists, so a re-run only re-measures):
+1. the synthetic dataset (``wsol.data.synth``, default knobs) in ``OUT/synth``;
+2. the classifier: the synthetic benchmark's CAM recipe ``configs/synth_gap.yaml`` when the repo has it,
+   else resnet18 from scratch at 128 px (the overrides below), with ``wsol train`` -> ``OUT/classifier``;
+3. F-CAM on top of it with ``configs/fcam_synth_cpu.yaml`` (``wsol fcam train``) -> ``OUT/fcam``, whose test
+   stage evaluates the classifier's CAM and F-CAM on the test split with the protocol's metrics;
+4. throughput: images/s of ``compute_cams(..., "cam")`` and ``compute_cams(..., "fcam")`` on the same
+   F-CAM model, batch 16 at the training resolution, CPU, best of 5;
+5. an overlay PNG (image | CAM | F-CAM, GT boxes in green) of test images: ``OUT/fcam_overlay.png``.
+
+Prints a Markdown table and writes it to ``benchmarks/results/fcam_synth.md`` and ``OUT/fcam_synth.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSIFIER_OVERRIDES = {
+    "model.name": "resnet18", "model.pretrained": False, "data.resize_size": 144, "data.crop_size": 128,
+    "data.batch_size": 32, "data.num_workers": 1, "optim.lr": 0.02, "optim.classifier_lr_mult": 1.0,
+    "optim.schedule": "step", "optim.lr_decay_epochs": 9, "eval.cam_curve_interval": 0.01,
+    "trainer.epochs": 12, "trainer.accelerator": "cpu", "trainer.devices": 1, "trainer.tensorboard": False,
+}
+
+
+def _data_overrides(synth: Path) -> dict[str, object]:
+    return {"data.root": synth / "images", "data.metadata": synth / "metadata", "data.mask_root": synth / "masks"}
+
+
+def step_data(out: Path, quick: bool) -> Path:
+    from wsol.data.synth import SynthConfig, generate
+
+    synth = out / "synth"
+    if not (synth / "metadata").is_dir():
+        cfg = SynthConfig(train_per_class=40, val_per_class=5, test_per_class=10) if quick else SynthConfig()
+        generate(cfg, synth, overwrite=True)
+    return synth
+
+
+def step_classifier(out: Path, synth: Path, quick: bool) -> Path:
+    from wsol.train.config import load_config
+    from wsol.train.run import train
+
+    run = out / "classifier"
+    best = run / "checkpoints" / "best.ckpt"
+    if best.is_file():
+        return best
+    recipe = ROOT / "configs" / "synth_gap.yaml"
+    values = {**({} if recipe.is_file() else CLASSIFIER_OVERRIDES), **_data_overrides(synth),
+              "trainer.out_dir": run, "trainer.progress_bar": False}
+    if quick:
+        values["trainer.epochs"] = 2
+    config = load_config(recipe if recipe.is_file() else None, [f"{k}={v}" for k, v in values.items()])
+    summary = train(config, quiet=True)
+    return Path(summary["best_checkpoint"] or summary["last_checkpoint"])
+
+
+def step_fcam(out: Path, synth: Path, classifier: Path, quick: bool) -> dict:
+    from wsol.fcam.train import load_fcam_config, train_fcam
+
+    run = out / "fcam"
+    metrics = run / "test_metrics.json"
+    if not metrics.is_file():
+        values = {**_data_overrides(synth), "fcam.classifier": classifier, "trainer.out_dir": run,
+                  "trainer.progress_bar": False}
+        if quick:
+            values["trainer.epochs"] = 1
+        config = load_fcam_config(ROOT / "configs" / "fcam_synth_cpu.yaml", [f"{k}={v}" for k, v in values.items()])
+        train_fcam(config, quiet=True)
+    return json.loads(metrics.read_text())
+
+
+def step_speed(model: torch.nn.Module, size: int, batch: int = 16, repeats: int = 5) -> dict[str, float]:
+    from wsol.cams import compute_cams
+
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for method in ("cam", "fcam"):
+        compute_cams(model, x, None, method)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            compute_cams(model, x, None, method)
+            best = min(best, time.perf_counter() - t0)
+        out[method] = batch / best
+    return out
+
+
+def step_overlay(model: torch.nn.Module, synth: Path, size: int, path: Path, n: int = 4) -> None:
+    """Rows: test images; columns: image, CAM, F-CAM (jet heat maps over the image, GT boxes in green)."""
+    from wsol.cams import compute_cams
+    from wsol.data.metadata import Metadata
+    from wsol.localize.maps import to_score_maps
+
+    meta = Metadata.load(synth / "metadata" / "test")
+    ids = meta.image_ids[:: max(1, len(meta.image_ids) // n)][:n]
+    cfg = model.data_config
+    mean, std = np.array(cfg["mean"], np.float32), np.array(cfg["std"], np.float32)
+    rows = []
+    boxes = meta.resized_boxes(size)
+    for image_id in ids:
+        rgb = cv2.cvtColor(cv2.imread(str(synth / "images" / image_id)), cv2.COLOR_BGR2RGB)
+        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)
+        x = torch.from_numpy(((rgb / 255.0 - mean) / std).astype(np.float32)).permute(2, 0, 1)[None]
+        label = meta.labels[image_id]
+        tiles = [rgb]
+        for method in ("cam", "fcam"):
+            score = to_score_maps(compute_cams(model, x, [label], method).maps, (size, size))[0]
+            heat = cv2.applyColorMap((score * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+            tiles.append((0.5 * rgb + 0.5 * heat).astype(np.uint8))
+        for tile in tiles:
+            for x0, y0, x1, y1 in boxes[image_id]:
+                cv2.rectangle(tile, (int(x0), int(y0)), (int(x1), int(y1)), (0, 255, 0), 1)
+        rows.append(np.concatenate(tiles, 1))
+    grid = np.concatenate(rows, 0)
+    grid = cv2.resize(grid, (grid.shape[1] * 2, grid.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), grid[:, :, ::-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_fcam")
+    parser.add_argument("--quick", action="store_true", help="tiny data and 1-2 epochs (a smoke run, not a result)")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.time()
+    synth = step_data(args.out, args.quick)
+    classifier = step_classifier(args.out, synth, args.quick)
+    result = step_fcam(args.out, synth, classifier, args.quick)
+    from wsol.fcam import load_fcam
+
+    model = load_fcam(args.out / "fcam" / "fcam.pt").eval()
+    size = int(result["config"]["data"]["crop_size"] or 224)
+    speed = step_speed(model, size)
+    step_overlay(model, synth, size, args.out / "fcam_overlay.png")
+    test = result["test"]
+    fit = result["fit_seconds"]
+    lines = ["| model | maps | MaxBoxAcc | MaxBoxAccV2 | PxAP | images/s (CPU) |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    name = result["config"]["model"]["name"]
+    for spec, label in (("cam", "CAM"), ("fcam", "F-CAM (on CAM)")):
+        e = test[spec]
+        lines.append(f"| {name} | {label} | {e['MaxBoxAcc']:.1f} | {e['MaxBoxAccV2']:.1f} | {e['PxAP']:.1f} "
+                     f"| {speed[spec]:.1f} |")
+    table = "\n".join(lines)
+    note = (f"\nSynthetic test split ({test['cam'].get('num_images', '?')} images), GT-known maps at 224 x 224, "
+            f"threshold step {result['config']['eval']['cam_curve_interval']}; F-CAM decoder trained "
+            f"{result['config']['trainer']['epochs']} epochs in {fit:.0f} s on CPU; images/s: batch 16 at "
+            f"{size} px, best of 5. Produced by benchmarks/fcam_synth.py"
+            + (" --quick (smoke run)" if args.quick else "") + ".\n")
+    print(table + "\n" + note)
+    if not args.quick:
+        res = ROOT / "benchmarks" / "results"
+        res.mkdir(parents=True, exist_ok=True)
+        (res / "fcam_synth.md").write_text(table + "\n" + note, encoding="utf-8")
+    (args.out / "fcam_synth.json").write_text(json.dumps({"test": test, "images_per_second": speed,
+                                                         "total_seconds": time.time() - started}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
