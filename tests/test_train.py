@@ -164,7 +164,8 @@ def test_cli_one_line_error(tmp_path: Path) -> None:
     assert "unknown key 'trainer.epochz'" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("fcam_")),
+                         ids=lambda p: p.name)
 def test_shipped_configs_load(path: Path) -> None:
     config = load_config(path, ["data.root=/data", "data.metadata=/data/metadata"])
     config.check()

@@ -28,6 +28,7 @@ class ModelConfig:
     pretrained: bool = True
     weights: str | None = None  # a local checkpoint loaded after building (offline ImageNet weights)
     large_feature_map: bool = False
+    surgery: bool | None = None  # WSOL ResNet surgery (layer4 stride 1); default: for resnet50/vgg16/inception_v3
     num_classes: int | None = None  # default: from the training labels
 
 

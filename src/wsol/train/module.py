@@ -54,7 +54,8 @@ def model_from_config(config: TrainConfig, num_classes: int, pretrained: bool = 
     use_pretrained = pretrained and (m.pretrained or m.weights is not None)
     return build_model(m.name, num_classes=num_classes, pool=m.pool, tap_theta=m.tap_theta,
                        pretrained=use_pretrained and m.weights is None,
-                       weights=m.weights if use_pretrained else None, large_feature_map=m.large_feature_map)
+                       weights=m.weights if use_pretrained else None, large_feature_map=m.large_feature_map,
+                       surgery=m.surgery)
 
 
 class WSOLModule(L.LightningModule):
@@ -215,6 +216,7 @@ class WSOLModule(L.LightningModule):
         checkpoint["wsol"] = {
             "model": self.cfg.model.name, "num_classes": int(self.model.num_classes), "pool": self.cfg.model.pool,
             "tap_theta": float(self.cfg.model.tap_theta), "large_feature_map": bool(self.cfg.model.large_feature_map),
+            "surgery": self.cfg.model.surgery,
             "class_names": list(self.model.class_names) if self.model.class_names else None,
             "data_config": _plain(self.model.data_config), "config": self.cfg.to_dict(),
         }

@@ -331,7 +331,8 @@ def load_checkpoint_model(path: str | Path, map_location: str | torch.device = "
     meta = read_checkpoint_meta(path)
     model = build_model(str(meta["model"]), num_classes=int(meta["num_classes"]), pool=str(meta.get("pool", "gap")),
                         tap_theta=float(meta.get("tap_theta", 0.1)), pretrained=False,
-                        large_feature_map=bool(meta.get("large_feature_map", False)))
+                        large_feature_map=bool(meta.get("large_feature_map", False)),
+                        surgery=meta.get("surgery"))
     state = {k[len("model."):]: v for k, v in meta["state_dict"].items() if k.startswith("model.")}
     missing, unexpected = [k for k in model.state_dict() if k not in state], [k for k in state
                                                                              if k not in model.state_dict()]
