@@ -282,3 +282,14 @@ def test_smoothgradcampp_seeded_and_batched(model, images) -> None:
     zero_noise = compute_cams(model, images, TARGETS, method="smoothgradcampp", std=0.0).maps
     torch.testing.assert_close(zero_noise, compute_cams(model, images, TARGETS, method="gradcampp").maps,
                                atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_gradient_methods_work_inside_no_grad(model, images, method) -> None:
+    """Validation loops run under torch.no_grad(); the gradient methods must give the same maps there."""
+    expected = compute_cams(model, images, TARGETS, method=method).maps
+    with torch.no_grad():
+        got = compute_cams(model, images, TARGETS, method=method).maps
+        got_deep = compute_cams(model, images, TARGETS, method=method, target_layer="backbone.layer3").maps
+    torch.testing.assert_close(got, expected)
+    assert got_deep.shape[0] == 2

@@ -36,8 +36,9 @@ def activations_and_grads(model: nn.Module, x: Tensor, explicit: Tensor | None,
     tgt = pick_targets(explicit, logits[:n])
     reps = x.shape[0] // n
     full = tgt.repeat(reps)
-    score = logits.gather(1, full.view(-1, 1)).sum()
-    (grad,) = torch.autograd.grad(score, act)
+    with torch.enable_grad():  # the caller may be inside torch.no_grad() (e.g. a validation loop)
+        score = logits.gather(1, full.view(-1, 1)).sum()
+        (grad,) = torch.autograd.grad(score, act)
     return act.detach(), grad.detach(), logits[:n].detach(), tgt
 
 
