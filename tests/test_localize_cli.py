@@ -1,0 +1,193 @@
+"""`wsol localize` and `wsol samples` end to end on the embedded model (offline, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import wsol.localize.run as run_module
+from wsol.cli import app
+from wsol.errors import WSOLError
+from wsol.localize.run import ResultsLog, find_image_files, read_image, resolve_target, scale_boxes
+from wsol.samples import SAMPLES, write_samples
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    from wsol.models import EMBEDDED_MODEL, build_model
+
+    return build_model(EMBEDDED_MODEL, pretrained=True).eval()
+
+
+@pytest.fixture(autouse=True)
+def cached_model(monkeypatch, embedded):
+    """Build the embedded model once per module; the CLI's load_model returns it."""
+    monkeypatch.setattr(run_module, "load_model", lambda name=None, checkpoint=None: embedded)
+
+
+GOOD = ("chelsea_cat.png", "coffee_cup.png", "gray.png", "rgba.png", "depth16.png", "sub/rocket.jpg")
+BAD = ("broken.jpg", "fake.png")
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """Good photos (RGB, grayscale, RGBA, 16-bit, in a sub-folder) mixed with a truncated JPEG, a text file
+    named .png, and a plain text file."""
+    root = tmp_path_factory.mktemp("mixed")
+    write_samples(root, ["chelsea_cat.png", "coffee_cup.png"])
+    cat = np.asarray(Image.open(root / "chelsea_cat.png"))
+    Image.fromarray(cat).convert("L").save(root / "gray.png")
+    rgba = np.dstack([cat, np.full(cat.shape[:2], 200, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(root / "rgba.png")
+    gray16 = cv2.cvtColor(cat, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257
+    cv2.imwrite(str(root / "depth16.png"), gray16)
+    (root / "sub").mkdir()
+    Image.fromarray(SAMPLES["rocket.jpg"]()).save(root / "sub" / "rocket.jpg", quality=90)
+    data = (root / "sub" / "rocket.jpg").read_bytes()
+    (root / "broken.jpg").write_bytes(data[: len(data) // 3])
+    (root / "fake.png").write_text("this is not a picture\n")
+    (root / "notes.txt").write_text("hello\n")
+    return root
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_mixed_folder_good_processed_bad_listed_and_resume(mixed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["localize", str(mixed), "--out", str(out), "--batch-size", "4", "--workers", "1",
+                                 "--save-maps"])
+    assert result.exit_code == 0, result.output
+    records = _records(out)
+    assert sorted(r["id"] for r in records) == sorted(GOOD)
+    for r in records:
+        assert set(r) >= {"path", "width", "height", "top5", "target", "boxes", "threshold", "overlay", "map"}
+        assert len(r["top5"]) == 5 and all(isinstance(c["name"], str) for c in r["top5"])
+        assert abs(sum(c["prob"] for c in r["top5"])) <= 1.0 + 1e-3
+        assert r["threshold"] == 0.2 and r["target"]["class"] == r["top5"][0]["class"]
+        assert len(r["boxes"]) == 1  # --boxes largest
+        x0, y0, x1, y1 = r["boxes"][0]["box"]
+        assert 0 <= x0 <= x1 < r["width"] and 0 <= y0 <= y1 < r["height"]
+        assert 0 < r["boxes"][0]["score"] <= 1
+        overlay = cv2.imread(str(out / r["overlay"]))
+        assert overlay is not None and max(overlay.shape[:2]) <= 512
+        score_map = np.load(out / r["map"])
+        assert score_map.shape == (r["height"], r["width"]) and 0 <= score_map.min() and score_map.max() <= 1
+    by_id = {r["id"]: r for r in records}
+    assert by_id["chelsea_cat.png"]["top5"][0]["name"].endswith("cat")
+    assert by_id["gray.png"]["width"] == by_id["chelsea_cat.png"]["width"] == 451
+    assert "converted_from" in by_id["rgba.png"] and "converted_from" in by_id["depth16.png"]
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert sorted(Path(s["path"]).name for s in skipped) == sorted(["broken.jpg", "fake.png", "notes.txt"])
+    for name in (*BAD, "notes.txt"):
+        assert name in result.output
+    html = (out / "index.html").read_text()
+    assert all(json.dumps(i)[1:-1] in html for i in GOOD)
+
+    again = runner.invoke(app, ["localize", str(mixed), "--out", str(out), "--workers", "0", "-q"])
+    assert again.exit_code == 0, again.output
+    assert again.output == ""  # --quiet
+    assert sorted(r["id"] for r in _records(out)) == sorted(GOOD)  # nothing redone, nothing duplicated
+
+    other = runner.invoke(app, ["localize", str(mixed), "--out", str(out), "--method", "gradcam", "-q"])
+    assert isinstance(other.exception, WSOLError) and "method" in str(other.exception)
+
+
+def test_all_boxes_percentile_target_name(mixed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    cat = mixed / "chelsea_cat.png"
+    result = runner.invoke(app, ["localize", str(cat), "--out", str(out), "--boxes", "all", "--target", "tabby",
+                                 "--threshold", "0.35", "--percentile", "90", "--workers", "0", "-q"])
+    assert result.exit_code == 0, result.output
+    (record,) = _records(out)
+    assert record["target"]["class"] == 281 and record["percentile"] == 90
+    assert len(record["boxes"]) >= 1
+
+
+def test_nothing_processable_exits_nonzero(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_text("no")
+    result = runner.invoke(app, ["localize", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--workers", "0"])
+    assert result.exit_code == 1
+    assert "a.jpg" in result.output
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--threshold", "1.5"], "--threshold"),
+    (["--boxes", "some"], "--boxes"),
+    (["--method", "nope"], "nope"),
+    (["--target", "9999"], "--target"),
+    (["--target", "no such class"], "--target"),
+])
+def test_wrong_options_name_the_culprit(mixed: Path, tmp_path: Path, args: list[str], culprit: str) -> None:
+    result = runner.invoke(app, ["localize", str(mixed / "gray.png"), "--out", str(tmp_path / "o"), *args])
+    assert isinstance(result.exception, WSOLError) and culprit in str(result.exception)
+
+
+def test_missing_path_is_an_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["localize", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert isinstance(result.exception, WSOLError) and "nope" in str(result.exception)
+
+
+def test_metadata_split_scoremaps_and_evaluate(mixed: Path, tmp_path: Path) -> None:
+    split = tmp_path / "meta" / "test"
+    split.mkdir(parents=True)
+    ids = ["chelsea_cat.png", "coffee_cup.png"]
+    (split / "image_ids.txt").write_text("\n".join(ids))
+    (split / "class_labels.txt").write_text("chelsea_cat.png,285\ncoffee_cup.png,967")
+    (split / "image_sizes.txt").write_text("chelsea_cat.png,451,300\ncoffee_cup.png,600,400")
+    (split / "localization.txt").write_text("chelsea_cat.png,40,0,420,299\ncoffee_cup.png,60,10,560,390")
+    maps = tmp_path / "maps"
+    result = runner.invoke(app, ["localize", "--metadata", str(split), "--data-root", str(mixed),
+                                 "--scoremaps", str(maps), "--workers", "0", "-q"])
+    assert result.exit_code == 0, result.output
+    for image_id in ids:
+        m = np.load(maps / f"{image_id}.npy")
+        assert m.shape == (224, 224) and m.dtype == np.float32 and m.min() == 0 and m.max() == 1
+    result = runner.invoke(app, ["localize", "--metadata", str(split), "--data-root", str(mixed), "--evaluate",
+                                 "--cam-curve-interval", "0.01", "--out", str(tmp_path / "ev"), "--workers", "0",
+                                 "-q"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["boxes"]["num_images"] == 2
+    assert metrics["boxes"]["MaxBoxAcc"] == 100.0  # both photos are mostly object
+    assert metrics["boxes"]["top1_cls"] == 100.0
+
+
+def test_samples_command(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["samples", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(SAMPLES)
+
+
+def test_helpers(tmp_path: Path) -> None:
+    assert scale_boxes(np.array([[0, 0, 1, 1]]), (2, 2), (4, 6)).tolist() == [[0, 0, 3, 5]]
+    assert scale_boxes(np.array([[1, 0, 1, 0]]), (4, 4), (2, 2)).tolist() == [[0, 0, 0, 0]]
+    names = ["tabby, tabby cat", "tiger cat", "Egyptian cat"]
+    assert resolve_target("top1", names) is None
+    assert resolve_target("2", names) == 2
+    assert resolve_target("TABBY CAT", names) == 0
+    with pytest.raises(WSOLError, match="ambiguous"):
+        resolve_target("cat", names)
+    log = tmp_path / "results.jsonl"
+    log.write_text('{"id": "a"}\n{"id": "b"')  # a torn last line from an interrupted run
+    results = ResultsLog(log)
+    assert results.done == {"a"}
+    results.append([{"id": "c"}])
+    results.close()
+    assert [json.loads(x)["id"] for x in log.read_text().splitlines()] == ["a", "c"]
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (6000, 4000), (10, 200, 30)).save(big, quality=80)
+    image, w, h, _ = read_image(big, draft_size=512)
+    assert (w, h) == (6000, 4000) and max(image.size) < 6000  # draft decoding of a large JPEG
+    found = find_image_files([tmp_path])
+    assert [p.name for p in found.files] == ["big.jpg"] and [p.name for p in found.ignored] == ["results.jsonl"]
