@@ -191,3 +191,21 @@ def test_helpers(tmp_path: Path) -> None:
     assert (w, h) == (6000, 4000) and max(image.size) < 6000  # draft decoding of a large JPEG
     found = find_image_files([tmp_path])
     assert [p.name for p in found.files] == ["big.jpg"] and [p.name for p in found.ignored] == ["results.jsonl"]
+
+
+def test_checkpoint_state_dict(mixed: Path, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from wsol.models import EMBEDDED_MODEL, build_model
+
+    monkeypatch.undo()  # the real loader
+    model = build_model(EMBEDDED_MODEL, num_classes=3, pretrained=False)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "tiny.pt")
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["localize", str(mixed / "coffee_cup.png"), "--out", str(out), "--checkpoint",
+                                 str(tmp_path / "tiny.pt"), "--target", "2", "--workers", "0", "-q"])
+    assert result.exit_code == 0, result.output
+    (record,) = _records(out)
+    assert len(record["top5"]) == 3 and record["target"] == {**record["target"], "class": 2, "name": "class 2"}
+    bad = runner.invoke(app, ["localize", str(mixed), "--out", str(out), "--checkpoint", str(tmp_path / "no.pt")])
+    assert isinstance(bad.exception, WSOLError) and "no.pt" in str(bad.exception)

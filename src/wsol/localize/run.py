@@ -373,8 +373,9 @@ def resolve_target(target: str | int | None, names: Sequence[str]) -> int | None
 def load_model(model_name: str | None = None, checkpoint: str | Path | None = None) -> nn.Module:
     """The embedded default, a named model (pretrained where possible), or a wsol-trained checkpoint.
 
-    A checkpoint may carry ``{"wsol": {"model": name, "num_classes": K, "class_names": [...]}}`` or Lightning
-    ``hyper_parameters``; otherwise ``model_name`` (default the embedded model) and K from the head's shape.
+    A ``wsol train`` checkpoint (with its ``"wsol"`` record) rebuilds itself through
+    :func:`wsol.train.run.load_checkpoint_model`; for other state dicts the architecture is ``model_name``
+    (default the embedded model) with K from the head's shape.
     """
     from wsol.models import EMBEDDED_MODEL, build_model
 
@@ -393,6 +394,10 @@ def load_model(model_name: str | None = None, checkpoint: str | Path | None = No
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise WSOLError(f"--checkpoint {path}: cannot be read ({type(exc).__name__})") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("wsol"), dict) and "state_dict" in obj and model_name is None:
+        from wsol.train.run import load_checkpoint_model  # a `wsol train` checkpoint rebuilds itself
+
+        return load_checkpoint_model(path)
     meta: dict[str, Any] = {}
     if isinstance(obj, dict):
         for key in ("wsol", "hyper_parameters", "meta"):

@@ -2,7 +2,8 @@
 
 The records are embedded as JSON and rendered by a small inline script: one card per image (its overlay
 thumbnail, referenced relatively, with every box redrawn as an element over it), the top-5 classes, and a
-filter by predicted / target class. Every box is an element ``div.box`` with ``data-box="x0,y0,x1,y1"``
+filter by target class (also from the URL: ``index.html#class=281``) and
+by name. Every box is an element ``div.box`` with ``data-box="x0,y0,x1,y1"``
 in original-image pixels, and every card a ``figure.card`` with ``data-id``; tests read them from the DOM.
 """
 
@@ -96,7 +97,11 @@ _JS = """
     count.textContent = rows.length + ' of ' + data.records.length + ' images';
     more.classList.toggle('hidden', rows.length <= shown);
   }
-  select.addEventListener('change', () => { shown = PAGE; render(); });
+  const fromHash = /class=([^&]+)/.exec(location.hash);
+  if (fromHash && classes.has(decodeURIComponent(fromHash[1]))) select.value = decodeURIComponent(fromHash[1]);
+  select.addEventListener('change', () => {
+    shown = PAGE; history.replaceState(null, '', select.value ? '#class=' + select.value : '#'); render();
+  });
   search.addEventListener('input', () => { shown = PAGE; render(); });
   more.addEventListener('click', () => { shown += PAGE; render(); });
   render();
