@@ -1,0 +1,109 @@
+"""End-to-end images/s of ``wsol localize`` against a plain timm forward pass over the same images, in one run.
+
+    .venv/bin/python benchmarks/bench_localize.py --images 96 --batch 32 [--device cuda] [--workers 2]
+
+A folder of JPEG photos (the scikit-image samples, re-encoded at their sizes with small crops so every file
+differs) is written to a temporary folder. The baseline decodes them all first (outside the timing) and
+times only ``timm.create_model('tf_efficientnet_lite0')`` under ``torch.inference_mode`` on the decoded,
+preprocessed batches. ``wsol localize`` is timed from the first image read to ``index.html`` written:
+decoding (DataLoader workers), the CAM pass, boxes, overlay PNGs, results.jsonl and the page; the model
+is built before timing in both cases. The two are timed alternately, ``--repeats`` times each, and the best
+time of each side is kept (other load on a shared machine hits both alike). Goal: ratio = localize images/s
+/ forward images/s >= 0.8 on the CPU (on a GPU the forward pass outruns any JPEG decoding, so the ratio
+there measures the decoding workers, not wsol).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+
+from wsol.localize.run import ImageSource, LocalizeOptions, localize_images
+from wsol.models import EMBEDDED_MODEL, build_model
+from wsol.samples import SAMPLES
+
+
+def make_folder(root: Path, count: int) -> list[Path]:
+    """``count`` distinct JPEGs cut from the sample photos."""
+    photos = [np.asarray(load()) for load in SAMPLES.values()]
+    paths = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        cut = i // len(photos) % 20
+        crop = photo[cut: photo.shape[0] - cut, cut: photo.shape[1] - cut]
+        path = root / f"{i:05d}.jpg"
+        Image.fromarray(crop).convert("RGB").save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def timed_forward(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device) -> float:
+    """Seconds of one timm forward pass over pre-decoded, preprocessed batches."""
+    with torch.inference_mode():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for x in batches:
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def timed_localize(model: torch.nn.Module, folder: Path, out: Path, options: LocalizeOptions, count: int) -> float:
+    """Seconds of :func:`localize_images` end to end into a fresh ``out`` folder."""
+    t0 = time.perf_counter()
+    summary = localize_images([folder], out, model, options, quiet=True)
+    seconds = time.perf_counter() - t0
+    assert summary.processed == count, summary
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: wsol's)")
+    parser.add_argument("--method", default="cam")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "images").mkdir()
+        paths = make_folder(root / "images", args.images)
+        device = torch.device(args.device)
+        plain = timm.create_model("tf_efficientnet_lite0", pretrained=False).to(device).eval()
+        source = ImageSource(paths, 224, (0.5,) * 3, (0.5,) * 3, "bicubic", display_size=0)
+        images = torch.stack([source[i]["image"] for i in range(len(source))])
+        batches = [images[i:i + args.batch].to(device) for i in range(0, len(images), args.batch)]
+        model = build_model(EMBEDDED_MODEL, pretrained=True)
+        options = LocalizeOptions(method=args.method, batch_size=args.batch, device=args.device,
+                                  workers=args.workers)
+        timed_forward(plain, batches[:1], device)  # warm-up
+        # interleaved, best of N each: other load on a shared machine hits both sides alike
+        fwd, loc = [], []
+        for r in range(args.repeats):
+            fwd.append(timed_forward(plain, batches, device))
+            loc.append(timed_localize(model, root / "images", root / f"out{r}", options, len(paths)))
+        forward, end_to_end = len(paths) / min(fwd), len(paths) / min(loc)
+    result = {"images": args.images, "batch": args.batch, "device": args.device, "method": args.method,
+              "threads": torch.get_num_threads(), "forward_images_per_s": round(forward, 2),
+              "localize_images_per_s": round(end_to_end, 2), "ratio": round(end_to_end / forward, 3)}
+    print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
