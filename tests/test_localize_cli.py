@@ -153,6 +153,11 @@ def test_metadata_split_scoremaps_and_evaluate(mixed: Path, tmp_path: Path) -> N
     for image_id in ids:
         m = np.load(maps / f"{image_id}.npy")
         assert m.shape == (224, 224) and m.dtype == np.float32 and m.min() == 0 and m.max() == 1
+    stamps = [(maps / f"{i}.npy").stat().st_mtime_ns for i in ids]
+    again = runner.invoke(app, ["localize", "--metadata", str(split), "--data-root", str(mixed),
+                                "--scoremaps", str(maps), "--workers", "0"])
+    assert again.exit_code == 0 and "2 already there" in again.output  # resumed: nothing recomputed
+    assert stamps == [(maps / f"{i}.npy").stat().st_mtime_ns for i in ids]
     result = runner.invoke(app, ["localize", "--metadata", str(split), "--data-root", str(mixed), "--evaluate",
                                  "--cam-curve-interval", "0.01", "--out", str(tmp_path / "ev"), "--workers", "0",
                                  "-q"])
