@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 import wsol.localize.run as run_module
 from wsol.cli import app
+from wsol.data.images import find_image_files, read_image
 from wsol.errors import WSOLError
-from wsol.localize.run import ResultsLog, find_image_files, read_image, resolve_target, scale_boxes
+from wsol.localize.run import ResultsLog, resolve_target, scale_boxes
 from wsol.samples import SAMPLES, write_samples
 
 runner = CliRunner()

@@ -23,154 +23,25 @@ import json
 import math
 import os
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from wsol.cams import compute_cams, get_method
+from wsol.data.images import find_image_files, read_image
 from wsol.errors import WSOLError
 from wsol.localize.boxes import boxes_from_map, mask_from_map
 from wsol.localize.maps import minmax_normalize, resize_map, to_score_maps
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
-                              ".pnm", ".pbm", ".jfif", ".dib", ".ico", ".tga"})
-MAX_PIXELS = 400_000_000  # larger images are skipped (a decompression bomb guard, above PIL's 179 MP)
 DISPLAY_SIZE = 512  # longest side of overlays and of the map boxes are traced on
-
-
-# ---------------------------------------------------------------------------------------------- discovery
-@dataclass
-class Discovered:
-    """Files to process (with a unique, relative output key each) and files ignored (not image files)."""
-
-    files: list[Path] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
-    ignored: list[Path] = field(default_factory=list)
-
-
-def find_image_files(paths: Sequence[str | Path]) -> Discovered:
-    """Images under ``paths`` (files, or folders searched recursively, hidden entries skipped), sorted.
-
-    A file named explicitly is always tried; inside folders only known image extensions are taken and
-    other files are reported in ``ignored``. Keys are paths relative to their folder (prefixed with the
-    folder's name when several paths are given), unique, with ``/`` separators.
-    """
-    found = Discovered()
-    seen: set[Path] = set()
-    used: set[str] = set()
-    several = len(paths) > 1
-
-    def add(path: Path, key: str) -> None:
-        real = path.resolve()
-        if real in seen:
-            return
-        seen.add(real)
-        base, n = key, 1
-        while key in used:
-            n += 1
-            key = f"{base}~{n}"
-        used.add(key)
-        found.files.append(path)
-        found.keys.append(key)
-
-    for raw in paths:
-        root = Path(raw)
-        if root.is_file():
-            add(root, root.name)
-        elif root.is_dir():
-            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in sorted(filenames):
-                    if name.startswith("."):
-                        continue
-                    path = Path(dirpath) / name
-                    rel = path.relative_to(root).as_posix()
-                    if path.suffix.lower() in IMAGE_EXTENSIONS:
-                        add(path, f"{root.resolve().name}/{rel}" if several else rel)
-                    else:
-                        found.ignored.append(path)
-        else:
-            raise WSOLError(f"{root}: no such file or folder")
-    return found
-
-
-# ---------------------------------------------------------------------------------------------- decoding
-@contextmanager
-def _pil_limits() -> Iterator[None]:
-    old, old_trunc = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = MAX_PIXELS, False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old, old_trunc
-
-
-def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
-    """Any PIL mode to 8-bit RGB; returns the image and a note on the conversion ('' when none)."""
-    mode = image.mode
-    if mode == "RGB":
-        return image, ""
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(image).astype(np.float64)
-        if mode == "F" or a.max(initial=0) > 65535 or a.min(initial=0) < 0:
-            a = minmax_normalize(a) * 255
-        elif a.max(initial=0) > 255:
-            a = a / 257.0
-        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).convert("RGB"), f"{mode} (high bit depth)"
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB"), f"{mode} (alpha on white)"
-    return image.convert("RGB"), mode
-
-
-def read_image(path: str | Path, draft_size: int | None = None) -> tuple[Image.Image, int, int, str]:
-    """Decode ``path`` to an RGB PIL image, applying the EXIF orientation.
-
-    Returns ``(image, width, height, note)`` where width/height are the original (oriented) size and the
-    image itself may be smaller when ``draft_size`` lets a JPEG decode at a reduced scale. Raises
-    :class:`WSOLError` with a short reason for anything unreadable.
-    """
-    path = Path(path)
-    with _pil_limits():
-        try:
-            image = Image.open(path)
-        except UnidentifiedImageError:
-            raise WSOLError(f"{path}: not an image (unknown format)") from None
-        except Image.DecompressionBombError:
-            raise WSOLError(f"{path}: too large (over {MAX_PIXELS // 1_000_000} megapixels)") from None
-        except OSError as exc:
-            raise WSOLError(f"{path}: cannot be opened ({exc})") from None
-        try:
-            width, height = image.size
-            orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
-            if orientation in (5, 6, 7, 8):
-                width, height = height, width
-            if draft_size and image.format == "JPEG":
-                image.draft("RGB", (draft_size, draft_size))
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            rgb, note = _to_rgb(image)
-        except WSOLError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - truncated / corrupt data, unsupported modes
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise WSOLError(f"{path}: corrupt or truncated image ({reason})") from None
-    if width < 1 or height < 1:
-        raise WSOLError(f"{path}: empty image ({width} x {height})")
-    return rgb, width, height, note
 
 
 def display_shape(width: int, height: int, limit: int = DISPLAY_SIZE) -> tuple[int, int]:
@@ -802,7 +673,7 @@ def jsonable(value: Any) -> Any:
 
 
 __all__ = [
-    "BatchResult", "Discovered", "ImageSource", "LocalizeOptions", "ResultsLog", "Summary", "boxes_with_scores",
-    "collate_images", "find_image_files", "jsonable", "load_model", "localize_images", "localize_loader",
-    "localize_split", "read_image", "resolve_device", "resolve_target", "run_model", "scale_boxes",
+    "BatchResult", "ImageSource", "LocalizeOptions", "ResultsLog", "Summary", "boxes_with_scores",
+    "collate_images", "jsonable", "load_model", "localize_images", "localize_loader",
+    "localize_split", "resolve_device", "resolve_target", "run_model", "scale_boxes",
 ]

@@ -21,16 +21,15 @@ from typing import Any
 
 import lightning as L
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
+from wsol.data.images import IMAGE_EXTENSIONS, read_image
 from wsol.data.metadata import Metadata
 from wsol.errors import WSOLError
 from wsol.train.config import TrainConfig
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 PIPELINE_SIZES = {"protocol": (256, 224), "cab384": (438, 384)}  # (resize, crop); eval resizes to crop
 
 
@@ -77,13 +76,9 @@ class ImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         path = self.images.root / self.images.image_ids[index]
-        try:
-            with Image.open(path) as img:
-                image = img.convert("RGB")
-        except FileNotFoundError:
-            raise WSOLError(f"{path}: image file not found (named by {self.images.name})") from None
-        except (UnidentifiedImageError, OSError) as exc:
-            raise WSOLError(f"{path}: unreadable image ({exc})") from None
+        if not path.is_file():
+            raise WSOLError(f"{path}: image file not found (named by {self.images.name})")
+        image = read_image(path)[0]
         if seed is None:
             x = self.transform(image)
         else:
@@ -217,7 +212,7 @@ def read_folder_split(root: Path, classes: list[str] | None = None) -> ImageList
                 ids.append(str(path.relative_to(root)))
                 labels.append(index[name])
     if not ids:
-        raise WSOLError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        raise WSOLError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return ImageList(root, ids, labels, None, name=str(root))
 
 
