@@ -103,8 +103,8 @@ def test_cli(trained: tuple[Path, Path], tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["fcam", "train", "-q", *_fcam_overrides(synth, clf, tmp_path / "c")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "c" / "fcam.pt").is_file()
-    # localize a split with the F-CAM checkpoint, same options as `wsol localize`
-    result = CliRunner().invoke(app, ["fcam", "localize", "--checkpoint", str(tmp_path / "c" / "fcam.pt"),
+    # plain `wsol localize` recognises the F-CAM checkpoint
+    result = CliRunner().invoke(app, ["localize", "--checkpoint", str(tmp_path / "c" / "fcam.pt"),
                                       "--method", "fcam", "--metadata", str(synth / "metadata" / "test"),
                                       "--data-root",
                                       str(synth / "images"), "--evaluate", "--image-size", "64", "-q",

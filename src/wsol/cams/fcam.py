@@ -24,7 +24,7 @@ class FCAMMap(CAMMethod):
         if not isinstance(model, FCAM):
             raise WSOLError(f"method 'fcam' needs an F-CAM model (classifier + trained decoder), got "
                             f"{type(model).__name__}; train one with `wsol fcam train` and load it with "
-                            "wsol.fcam.load_fcam (CLI: wsol fcam localize --checkpoint FCAM.pt)")
+                            "wsol.fcam.load_fcam (CLI: wsol localize --checkpoint fcam.pt --method fcam)")
         with torch.no_grad():
             feats = model.encode(x)
             logits = model.classifier.logits_from_features(feats[-1])

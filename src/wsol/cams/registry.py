@@ -7,6 +7,7 @@ from typing import Any
 from wsol.cams.base import CAMMethod
 from wsol.cams.cam import CAM
 from wsol.cams.eigencam import EigenCAM
+from wsol.cams.fcam import FCAMMap
 from wsol.cams.gradcam import GradCAM
 from wsol.cams.gradcampp import GradCAMpp
 from wsol.cams.layercam import LayerCAM
@@ -24,7 +25,7 @@ METHODS: dict[str, type[CAMMethod]] = {
     "smoothgradcampp": SmoothGradCAMpp,
     "xgradcam": XGradCAM,
     "layercam": LayerCAM,
-    "fcam": __import__("wsol.cams.fcam", fromlist=["FCAMMap"]).FCAMMap,
+    "fcam": FCAMMap,
 }
 
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -45,50 +41,7 @@ def train(
         console.print(f"F-CAM checkpoint: {summary.get('fcam_checkpoint')}", highlight=False)
 
 
-@contextmanager
-def _fcam_aware_loader() -> Iterator[None]:
-    """While active, ``wsol.localize.run.load_model`` rebuilds F-CAM checkpoints as :class:`FCAM` models
-    (and falls back to the usual loader for anything else)."""
-    import torch
-
-    import wsol.localize.run as run
-    from wsol.errors import WSOLError
-    from wsol.fcam.checkpoint import is_fcam_checkpoint, load_fcam
-
-    original = run.load_model
-
-    @functools.wraps(original)
-    def load(model_name: str | None = None, checkpoint: str | Path | None = None) -> Any:
-        if checkpoint is not None and Path(checkpoint).is_file():
-            try:
-                obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001
-                raise WSOLError(f"--checkpoint {checkpoint}: cannot be read ({type(exc).__name__})") from exc
-            if is_fcam_checkpoint(obj):
-                return load_fcam(checkpoint)
-        return original(model_name, checkpoint)
-
-    run.load_model = load
-    try:
-        yield
-    finally:
-        run.load_model = original
-
-
-def _localize_command() -> Any:
-    from wsol.cli import localize as base
-
-    @functools.wraps(base)
-    def localize(**kwargs: Any) -> None:
-        with _fcam_aware_loader():
-            base(**kwargs)
-
-    localize.__doc__ = ("`wsol localize` for F-CAM checkpoints (fcam.pt or a `wsol fcam train` .ckpt): same "
-                        "options; use --method fcam (or any CAM method on the frozen classifier).")
-    return localize
-
-
 def register(app: typer.Typer) -> None:
-    """Add ``localize`` (which needs the main app's command) and mount ``wsol fcam`` on ``app``."""
-    fcam_app.command("localize")(_localize_command())
+    """Mount ``wsol fcam`` on ``app``. (F-CAM checkpoints need nothing special to localize:
+    ``wsol localize --checkpoint fcam.pt --method fcam``.)"""
     app.add_typer(fcam_app, name="fcam")

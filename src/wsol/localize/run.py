@@ -244,7 +244,8 @@ def resolve_target(target: str | int | None, names: Sequence[str]) -> int | None
 def load_model(model_name: str | None = None, checkpoint: str | Path | None = None) -> nn.Module:
     """The embedded default, a named model (pretrained where possible), or a wsol-trained checkpoint.
 
-    A ``wsol train`` checkpoint (with its ``"wsol"`` record) rebuilds itself through
+    An F-CAM checkpoint (``fcam.pt`` or a ``wsol fcam train`` checkpoint) rebuilds the classifier with its
+    decoder. A ``wsol train`` checkpoint (with its ``"wsol"`` record) rebuilds itself through
     :func:`wsol.train.run.load_checkpoint_model`; for other state dicts the architecture is ``model_name``
     (default the embedded model) with K from the head's shape.
     """
@@ -265,6 +266,10 @@ def load_model(model_name: str | None = None, checkpoint: str | Path | None = No
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise WSOLError(f"--checkpoint {path}: cannot be read ({type(exc).__name__})") from exc
+    from wsol.fcam.checkpoint import is_fcam_checkpoint, load_fcam
+
+    if is_fcam_checkpoint(obj):  # an F-CAM model (classifier + decoder): --method fcam, or any CAM method
+        return load_fcam(path)
     if isinstance(obj, dict) and isinstance(obj.get("wsol"), dict) and "state_dict" in obj and model_name is None:
         from wsol.train.run import load_checkpoint_model  # a `wsol train` checkpoint rebuilds itself
 
