@@ -17,15 +17,11 @@ the val split. F-CAM adds:
 
 from __future__ import annotations
 
-import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-import yaml
 from torch import Tensor
 
 from wsol.cams import compute_cams
@@ -36,24 +32,10 @@ from wsol.fcam.decoder import DECODER_CHANNELS
 from wsol.fcam.losses import FCAMLossWeights, LogBarrierSchedule, fcam_loss
 from wsol.fcam.model import FCAM
 from wsol.fcam.sampling import sample_pseudo_labels, upsample_cams
-from wsol.metrics.scoremaps import write_json_atomic
-from wsol.train.config import TrainConfig, _build, _merge, parse_override
+from wsol.train.config import TrainConfig, _build, load_config
 from wsol.train.data import WSOLDataModule
-from wsol.train.module import WSOLModule, check_selectable, select_metric
-from wsol.train.run import (
-    BEST,
-    LAST,
-    GracefulInterrupt,
-    TrainingInterrupted,
-    ValHistory,
-    _attach,
-    _jsonable,
-    _quiet_warnings,
-    evaluate_module,
-    load_checkpoint_model,
-    make_trainer,
-    read_checkpoint_meta,
-)
+from wsol.train.module import WSOLModule
+from wsol.train.run import load_checkpoint_model, read_checkpoint_meta, train
 
 
 @dataclass
@@ -130,30 +112,8 @@ def load_fcam_config(path: str | Path | None = None, overrides: list[str] | tupl
     F-CAM's defaults differ from classifier training where the paper says so: ``eval.method: fcam``,
     ``optim.schedule: none`` (SGD, lr 0.01).
     """
-    data: dict[str, Any] = {"eval": {"method": "fcam"}, "optim": {"schedule": "none"}}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise WSOLError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            raise WSOLError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise WSOLError(f"{path}: the config must be a mapping of sections (model, data, fcam, ...)")
-        data = _merge(data, loaded or {})
-    for text in overrides:
-        keys, value = parse_override(text)
-        nested: Any = value
-        for k in reversed(keys):
-            nested = {k: nested}
-        data = _merge(data, nested)
-    try:
-        return _build(FCAMConfig, data, "")
-    except WSOLError as exc:
-        raise WSOLError(f"{path}: {exc}" if path is not None else str(exc)) from None
+    return load_config(path, overrides, cls=FCAMConfig,
+                       defaults={"eval": {"method": "fcam"}, "optim": {"schedule": "none"}})
 
 
 class FCAMModule(WSOLModule):
@@ -234,57 +194,17 @@ def train_fcam(config: FCAMConfig, *, resume: bool | str | Path = False, quiet: 
                test_methods: list[str] | None = None) -> dict[str, Any]:
     """Fit the decoder, select on val (``eval.select``, by the ``fcam`` maps), test CAM and F-CAM on the
     test split, write ``test_metrics.json`` and ``fcam.pt``; return the summary (as ``wsol train``)."""
-    config.check()
-    _quiet_warnings()
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen classifier
-    out = Path(config.trainer.out_dir)
-    last = out / "checkpoints" / f"{LAST}.ckpt"
-    ckpt_path: str | None = None
-    if resume:
-        ckpt_path = str(last if resume is True else resume)
-        if not Path(ckpt_path).is_file():
-            raise WSOLError(f"--resume: {ckpt_path} not found (nothing to resume in {out})")
-    elif last.exists():
-        raise WSOLError(f"{out}: already holds a run ({last}); pass --resume to continue it, "
-                        "or set trainer.out_dir to a new folder")
-    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    datamodule = WSOLDataModule(config)
-    val_meta = datamodule.splits["val"].metadata if datamodule.splits.get("val") else None
-    has_masks = config.data.mask_root is not None
-    monitor = select_metric(config, val_meta, has_masks) if datamodule.splits.get("val") else None
-    if monitor:
-        check_selectable(monitor, val_meta, has_masks)
-    module = FCAMModule(config.base_dict(), asdict(config.fcam), datamodule.num_classes, datamodule.class_names,
-                        test_methods)
-    config.model = type(config.model)(**module.cfg.model.__dict__)  # the classifier's architecture, recorded
-    _attach(module, datamodule)
-    datamodule.set_normalization(module.model.data_config["mean"], module.model.data_config["std"])
-    module.norm_mean, module.norm_std = tuple(datamodule.mean), tuple(datamodule.std)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False), encoding="utf-8")
-    interrupt = GracefulInterrupt(last)
-    trainer, ckpt = make_trainer(config, out, callbacks=[interrupt, ValHistory(out / "val_history.jsonl")],
-                                 monitor=monitor, quiet=quiet)
-    started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    if interrupt.saved or interrupt.requested:
-        raise TrainingInterrupted(f"training interrupted at epoch {trainer.current_epoch} step {trainer.global_step}; "
-                                  f"resumable checkpoint {last}; continue with --resume")
-    summary: dict[str, Any] = {"out_dir": str(out), "fit_seconds": time.time() - started, "select_metric": monitor,
-                               "last_checkpoint": str(last)}
-    best = ckpt.best_model_path if ckpt is not None and monitor else ""
-    summary["best_checkpoint"] = best or None
-    if monitor and ckpt is not None and ckpt.best_model_score is not None:
-        summary["best_val"] = float(ckpt.best_model_score)
-    chosen = best if config.eval.test_checkpoint == BEST and best else str(last)
-    summary["tested_checkpoint"] = chosen
-    if datamodule.splits.get("test") is not None:
-        summary["test"] = evaluate_module(config, module, datamodule, chosen, trainer=trainer)
-    if trainer.is_global_zero:
-        summary["fcam_checkpoint"] = str(export_fcam(chosen, out / "fcam.pt"))
-        if "test" in summary:
-            write_json_atomic(out / "test_metrics.json", _jsonable({**summary, "config": asdict(config)}))
-    return summary
+
+    def make_module(config: FCAMConfig, datamodule: WSOLDataModule, resuming: bool) -> FCAMModule:
+        module = FCAMModule(config.base_dict(), asdict(config.fcam), datamodule.num_classes,
+                            datamodule.class_names, test_methods)
+        config.model = type(config.model)(**module.cfg.model.__dict__)  # the classifier's architecture, recorded
+        return module
+
+    def finalize(summary: dict[str, Any], tested: str) -> None:
+        summary["fcam_checkpoint"] = str(export_fcam(tested, Path(config.trainer.out_dir) / "fcam.pt"))
+
+    return train(config, resume=resume, quiet=quiet, make_module=make_module, finalize=finalize)
 
 
 def export_fcam(lightning_checkpoint: str | Path, path: str | Path) -> Path:

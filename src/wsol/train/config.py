@@ -250,9 +250,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a YAML recipe (or start from the defaults), apply ``key=value`` overrides, validate."""
-    data: dict[str, Any] = {}
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                cls: type[TrainConfig] = TrainConfig, defaults: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML recipe (or start from the defaults), apply ``key=value`` overrides, validate.
+
+    ``cls`` is the config tree to build (a subclass adds sections, e.g. F-CAM's ``fcam``) and ``defaults``
+    are values the recipe starts from before the file and the overrides are merged in.
+    """
+    data: dict[str, Any] = _merge({}, defaults or {})
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -265,7 +270,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise WSOLError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise WSOLError(f"{path}: the config must be a mapping of sections (model, data, optim, ...)")
-        data = loaded or {}
+        data = _merge(data, loaded or {})
     for text in overrides:
         keys, value = parse_override(text)
         nested: Any = value
@@ -273,7 +278,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             nested = {k: nested}
         data = _merge(data, nested)
     try:
-        config = _build(TrainConfig, data, "")
+        config = _build(cls, data, "")
     except WSOLError as exc:
         raise WSOLError(f"{path}: {exc}" if path is not None else str(exc)) from None
     return config

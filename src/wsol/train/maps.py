@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from wsol.cams import compute_cams, get_method
@@ -50,9 +49,7 @@ class MapVariant:
     def raw_maps(self, model: nn.Module, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Raw maps (B, h, w) of ``targets`` and the logits."""
         options = {"nwc": True} if self.nwc else {}
-        # the evaluation loops run under no_grad; gradient methods need autograd (CAM/PC1 turn it off themselves)
-        with torch.enable_grad():
-            out = compute_cams(model, images, targets, self.method, **options)
+        out = compute_cams(model, images, targets, self.method, **options)  # works under no_grad too
         return out.maps, out.logits
 
     def score_maps(self, raw: Tensor) -> np.ndarray:

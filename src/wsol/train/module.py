@@ -166,8 +166,8 @@ class WSOLModule(L.LightningModule):
                                                     logits=out_logits.float(), labels=labels, names=ids)
                 if masks is not None:
                     metrics[f"{v.spec}/mask"].update(score, masks[0], masks[1], names=ids)
-        if logits is None:
-            logits = self.model(images)
+        if logits is None:  # features + head, which every model here has (an F-CAM model's forward is its map)
+            logits = self.model.logits_from_features(self.model.features(images))
         metrics["cls"].update(logits.float(), labels)
 
     def _eval_end(self, stage: str, variants: list[MapVariant]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import json
 import signal
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,17 +177,24 @@ def make_trainer(config: TrainConfig, out: Path, *, callbacks: Sequence[Callback
 
 def _quiet_warnings() -> None:
     for pattern in (".*does not have many workers.*", ".*The number of training batches.*",
-                    ".*sync_dist=True.*", ".*LeafSpec.*", ".*isinstance.*treespec.*"):
+                    ".*sync_dist=True.*", ".*LeafSpec.*", ".*isinstance.*treespec.*",
+                    ".*module\\(s\\) in eval mode.*"):  # F-CAM's frozen classifier stays in eval mode
         warnings.filterwarnings("ignore", message=pattern)
 
 
+ModuleFactory = Callable[[TrainConfig, WSOLDataModule, bool], WSOLModule]
+
+
 def train(config: TrainConfig, *, resume: bool | str | Path = False, callbacks: Sequence[Callback] = (),
-          test_methods: Sequence[str] | None = None, quiet: bool = False) -> dict[str, Any]:
+          test_methods: Sequence[str] | None = None, quiet: bool = False,
+          make_module: ModuleFactory | None = None,
+          finalize: Callable[[dict[str, Any], str], None] | None = None) -> dict[str, Any]:
     """Fit, select the checkpoint, test it, write ``test_metrics.json``; return the summary.
 
     ``resume=True`` continues from ``<out_dir>/checkpoints/last.ckpt``; a path resumes from that file.
     A Ctrl-C stops at the next batch boundary with a resumable ``last.ckpt`` and raises
-    :class:`TrainingInterrupted`.
+    :class:`TrainingInterrupted`. Other trainings on this machinery (F-CAM) pass ``make_module(config,
+    datamodule, resuming)`` and ``finalize(summary, tested_checkpoint)`` (run on rank 0 before the JSON).
     """
     config.check()
     _quiet_warnings()
@@ -208,11 +215,15 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, callbacks: 
     monitor = select_metric(config, val_meta, has_masks) if datamodule.splits.get("val") else None
     if monitor:
         check_selectable(monitor, val_meta, has_masks)
-    num_classes = config.model.num_classes or datamodule.num_classes
-    if num_classes < datamodule.num_classes:
-        raise WSOLError(f"config model.num_classes={num_classes}: the labels go up to {datamodule.num_classes - 1}")
-    module = WSOLModule(config.to_dict(), num_classes, datamodule.class_names, list(test_methods or []) or None,
-                        build_pretrained=ckpt_path is None)
+    if make_module is None:
+        num_classes = config.model.num_classes or datamodule.num_classes
+        if num_classes < datamodule.num_classes:
+            raise WSOLError(f"config model.num_classes={num_classes}: the labels go up to "
+                            f"{datamodule.num_classes - 1}")
+        module = WSOLModule(config.to_dict(), num_classes, datamodule.class_names, list(test_methods or []) or None,
+                            build_pretrained=ckpt_path is None)
+    else:
+        module = make_module(config, datamodule, ckpt_path is not None)
     _attach(module, datamodule)
     datamodule.set_normalization(module.model.data_config["mean"], module.model.data_config["std"])
     out.mkdir(parents=True, exist_ok=True)
@@ -243,9 +254,11 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, callbacks: 
     chosen = best if config.eval.test_checkpoint == BEST and best else str(last)
     summary["tested_checkpoint"] = chosen
     if datamodule.splits.get("test") is not None:
-        result = evaluate_module(config, module, datamodule, chosen, trainer=trainer)
-        summary["test"] = result
-        if trainer.is_global_zero:
+        summary["test"] = evaluate_module(config, module, datamodule, chosen, trainer=trainer)
+    if trainer.is_global_zero:
+        if finalize is not None:
+            finalize(summary, chosen)
+        if "test" in summary:
             write_json_atomic(out / "test_metrics.json", _jsonable({**summary, "config": config.to_dict()}))
     return summary
 
