@@ -52,8 +52,9 @@ def evaluate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
+    from wsol.atomic import write_json
     from wsol.data.metadata import Metadata
-    from wsol.metrics.scoremaps import evaluate_scoremaps, write_json_atomic
+    from wsol.metrics.scoremaps import evaluate_scoremaps
 
     try:
         iou_thresholds = tuple(int(v) for v in iou.replace(",", " ").split())
@@ -83,7 +84,7 @@ def evaluate(
         table.add_row("peak IoU", f"{result['peak_IoU']:.2f}", f"{result['peak_IoU_threshold']:.3f}")
     Console().print(table)
     if json_out is not None:
-        write_json_atomic(json_out, result)
+        write_json(json_out, result)
     if plot is not None:
         from wsol.report.curves import plot_curves
 
@@ -238,9 +239,9 @@ def localize(
             text = json.dumps(jsonable(summary.metrics), indent=1)
             typer.echo(text)
             if out is not None:
-                from wsol.report.overlay import atomic_write_bytes
+                from wsol.atomic import write_text
 
-                atomic_write_bytes(out / "metrics.json", (text + "\n").encode())
+                write_text(out / "metrics.json", text + "\n")
         if not quiet:
             console.print(f"{summary.processed} score maps in {summary.seconds:.1f}s "
                           f"({summary.images_per_second:.1f} images/s), {summary.resumed} already there"

@@ -5,14 +5,13 @@ They are the README's first example: ``wsol samples --out samples && wsol locali
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from wsol.atomic import replacing
 from wsol.errors import WSOLError
 
 
@@ -52,13 +51,7 @@ def write_samples(out_dir: str | Path, names: list[str] | None = None) -> list[P
         except Exception as exc:  # noqa: BLE001 - a broken scikit-image install
             raise WSOLError(f"sample {name!r}: cannot be loaded from scikit-image ({exc})") from exc
         target = out / name
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=target.suffix)
-        os.close(fd)
-        try:
+        with replacing(target) as tmp:
             Image.fromarray(np.asarray(array, dtype=np.uint8)).convert("RGB").save(tmp, quality=92)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         written.append(target)
     return written

@@ -16,14 +16,13 @@ The classifier part is an ordinary wsol classifier checkpoint: anything that loa
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from wsol.atomic import replacing
 from wsol.errors import WSOLError
 from wsol.fcam.decoder import FCAMDecoder
 from wsol.fcam.model import FCAM
@@ -62,15 +61,8 @@ def save_fcam(model: FCAM, path: str | Path, build: Mapping[str, Any] | None = N
               config: Mapping[str, Any] | None = None) -> Path:
     """Write :func:`fcam_checkpoint` atomically (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         torch.save(fcam_checkpoint(model, build, config), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

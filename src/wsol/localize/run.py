@@ -35,6 +35,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from wsol.atomic import save_npy, write_text
 from wsol.cams import compute_cams, get_method
 from wsol.data.images import find_image_files, read_image
 from wsol.errors import WSOLError
@@ -331,7 +332,7 @@ class ResultsLog:
                     good.append(rec)
             self.records = good
             if torn:
-                _atomic_text(self.path, "".join(json.dumps(r) + "\n" for r in good))
+                write_text(self.path, "".join(json.dumps(r) + "\n" for r in good))
         self.done = {r["id"] for r in self.records}
         self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
@@ -346,22 +347,6 @@ class ResultsLog:
 
     def close(self) -> None:
         self._handle.close()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    from wsol.report.overlay import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _atomic_npy(path: Path, array: np.ndarray) -> None:
-    import io
-
-    from wsol.report.overlay import atomic_write_bytes
-
-    buf = io.BytesIO()
-    np.save(buf, array)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def scale_boxes(boxes: np.ndarray, src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
@@ -498,7 +483,7 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
             k = diff[0]
             raise WSOLError(f"--out {out}: holds a run with {k}={old[k]!r}, not {config[k]!r}; "
                             "use another --out folder or delete it to start over")
-    _atomic_text(config_path, json.dumps(config, indent=1) + "\n")
+    write_text(config_path, json.dumps(config, indent=1) + "\n")
 
     results = ResultsLog(out / "results.jsonl")
     summary = Summary(out_dir=out, ignored=[str(p) for p in found.ignored])
@@ -544,7 +529,7 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
             if options.save_maps:
                 map_rel = f"maps/{key}.npy"
                 full = minmax_normalize(resize_map(raw, (width, height))).astype(np.float32)
-                _atomic_npy(out / map_rel, full)
+                save_npy(out / map_rel, full)
                 rec["map"] = map_rel
             records.append(rec)
         return records
@@ -571,7 +556,7 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
         records = sorted(results.records, key=lambda r: order.get(r["id"], len(order)))
         skipped = [{"path": p, "reason": r} for p, r in summary.skipped]
         skipped += [{"path": p, "reason": "not an image file (by extension); ignored"} for p in summary.ignored]
-        _atomic_text(out / "skipped.jsonl", "".join(json.dumps(s) + "\n" for s in skipped))
+        write_text(out / "skipped.jsonl", "".join(json.dumps(s) + "\n" for s in skipped))
         from wsol.report.html import write_html
 
         write_html(out / "index.html", records, title=f"wsol localize: {config['model']} / {options.method}",
@@ -623,7 +608,7 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
         maps = to_score_maps(result.maps, (224, 224)).astype(np.float32)
         if scoremap_dir is not None:
             for image_id, m in zip(batch_ids, maps):
-                _atomic_npy(Path(scoremap_dir) / f"{image_id}.npy", m)
+                save_npy(Path(scoremap_dir) / f"{image_id}.npy", m)
         if box_metric is not None:
             box_metric.update(maps, [gt_boxes[i] for i in batch_ids], logits=result.logits,
                               labels=result.targets, names=batch_ids)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,22 +65,3 @@ def evaluate_scoremaps(metadata: Metadata, scoremap_root: str | Path, mask_root:
         mask_result = masks.compute()
         result.update(mask_result)
     return result, boxes, masks
-
-
-def write_json_atomic(path: str | Path, payload: dict) -> None:
-    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
-    import json
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)

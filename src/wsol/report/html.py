@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from wsol.report.overlay import atomic_write_bytes
+from wsol.atomic import write_text
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}
@@ -143,5 +143,5 @@ def write_html(path: str | Path, records: Iterable[Mapping[str, Any]], title: st
                summary: str = "") -> Path:
     """Write :func:`render_html` to ``path`` atomically; returns the path."""
     path = Path(path)
-    atomic_write_bytes(path, render_html(records, title, summary).encode("utf-8"))
+    write_text(path, render_html(records, title, summary))
     return path

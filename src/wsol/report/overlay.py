@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from wsol.atomic import write_bytes
 from wsol.errors import WSOLError
 
 BOX_COLOR = (0, 255, 0)  # RGB
@@ -49,27 +48,12 @@ def render_overlay(image: np.ndarray, score_map: np.ndarray, boxes: np.ndarray |
     return out
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_png(path: str | Path, image: np.ndarray) -> None:
     """Write an RGB uint8 image as PNG, atomically."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), _PNG_FAST)
     if not ok:
         raise WSOLError(f"{path}: cannot encode PNG")
-    atomic_write_bytes(path, buf.tobytes())
+    write_bytes(path, buf.tobytes())
 
 
 def write_overlay(path: str | Path, image: np.ndarray, score_map: np.ndarray, boxes: np.ndarray | None = None,

@@ -29,8 +29,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
+from wsol.atomic import write_json
 from wsol.errors import WSOLError
-from wsol.metrics.scoremaps import write_json_atomic
 from wsol.models import WSOLClassifier, build_model
 from wsol.train.config import TrainConfig
 from wsol.train.data import WSOLDataModule
@@ -259,7 +259,7 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, callbacks: 
         if finalize is not None:
             finalize(summary, chosen)
         if "test" in summary:
-            write_json_atomic(out / "test_metrics.json", _jsonable({**summary, "config": config.to_dict()}))
+            write_json(out / "test_metrics.json", _jsonable({**summary, "config": config.to_dict()}))
     return summary
 
 
