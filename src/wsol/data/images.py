@@ -4,6 +4,18 @@ Used by ``wsol localize`` (folders of arbitrary photos) and by training (dataset
 RGBA/LA/PA (composited on white), palette, CMYK, 16-bit and float images are converted to 8-bit RGB, the EXIF
 orientation is applied, large JPEGs can decode at reduced scale, and anything unreadable raises a one-line
 :class:`~wsol.errors.WSOLError` naming the file.
+
+Policies, and why:
+
+- Alpha is composited on white, not dropped: the RGB under fully transparent pixels is arbitrary (often
+  black or leftover paint), while cut-out objects on white is what viewers and shops show.
+- 16-bit images are scaled to 8 bit by ``/ 257`` (65535 -> 255); 32-bit integer and float images are
+  min-max normalised (their range has no fixed meaning).
+- Size cap: ``MAX_PIXELS`` (400 megapixels, above PIL's own 179 MP bomb limit, which is lifted while we
+  decode). Anything larger raises :class:`WSOLError` rather than allocating gigabytes. Every WSOL pipeline
+  resizes to 224-448 anyway, so ``draft_size`` lets a large JPEG decode at 1/2, 1/4 or 1/8 scale cheaply.
+- Truncated files are errors (``LOAD_TRUNCATED_IMAGES`` stays off): a half-grey image would silently
+  poison training or a benchmark.
 """
 
 from __future__ import annotations
@@ -19,7 +31,6 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from wsol.errors import WSOLError
-from wsol.localize.maps import minmax_normalize
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                               ".pnm", ".pbm", ".jfif", ".dib", ".ico", ".tga"})
@@ -93,6 +104,13 @@ def _pil_limits() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old, old_trunc
 
 
+def _minmax(a: np.ndarray) -> np.ndarray:
+    """``(a - min) / (max - min)``; NaN/inf become 0 first, a constant image becomes all zeros."""
+    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    span = float(a.max(initial=0) - a.min(initial=0))
+    return (a - a.min(initial=0)) / span if span > 0 else np.zeros_like(a)
+
+
 def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
     """Any PIL mode to 8-bit RGB; returns the image and a note on the conversion ('' when none)."""
     mode = image.mode
@@ -101,7 +119,7 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(image).astype(np.float64)
         if mode == "F" or a.max(initial=0) > 65535 or a.min(initial=0) < 0:
-            a = minmax_normalize(a) * 255
+            a = _minmax(a) * 255
         elif a.max(initial=0) > 255:
             a = a / 257.0
         return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).convert("RGB"), f"{mode} (high bit depth)"
@@ -147,3 +165,23 @@ def read_image(path: str | Path, draft_size: int | None = None) -> tuple[Image.I
     if width < 1 or height < 1:
         raise WSOLError(f"{path}: empty image ({width} x {height})")
     return rgb, width, height, note
+
+
+def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Decode ``path`` to an 8-bit RGB PIL image (EXIF orientation applied); see the module's policies.
+
+    ``draft_size`` lets a JPEG decode at a reduced scale no smaller than that size (much faster and
+    lighter for big photos that will be resized to 224 anyway). Raises :class:`WSOLError` naming the file.
+    """
+    return read_image(path, draft_size)[0]
+
+
+def find_images(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Image files under ``paths`` (files, or folders searched recursively), sorted and de-duplicated.
+
+    A file named explicitly is always taken (whatever its extension); inside folders only
+    ``IMAGE_EXTENSIONS`` count and hidden entries are skipped. A missing path raises :class:`WSOLError`.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    return sorted(set(find_image_files(list(paths)).files), key=lambda p: p.as_posix())

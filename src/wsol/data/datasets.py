@@ -1,0 +1,136 @@
+"""Torch datasets over the three ways images arrive: a WSOL metadata split, a class-per-folder tree, a list.
+
+Every item carries its index so that score maps, boxes and errors can be matched back to the file (the
+metric code keys results by image id, and a batch job must say *which* image failed). Labelled datasets
+raise :class:`~wsol.errors.WSOLError` on an unreadable image: a training set with a broken file is a bug
+to fix first. :class:`ImageListDataset` is for batch inference over arbitrary files, so it flags a broken
+image instead, and :func:`collate_skip_broken` drops it from the batch and reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, default_collate
+
+from wsol.data.images import find_image_files, load_image
+from wsol.data.metadata import Metadata
+from wsol.data.transforms import eval_transform
+from wsol.errors import WSOLError
+
+
+def check_data_root(metadata: Metadata, data_root: str | Path) -> None:
+    """Raise naming the first image of ``metadata`` missing under ``data_root`` (before a long run starts)."""
+    root = Path(data_root)
+    if not root.is_dir():
+        raise WSOLError(f"{root}: data root folder not found (images of {metadata.split_dir})")
+    missing = [image_id for image_id in metadata.image_ids if not (root / image_id).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise WSOLError(
+            f"{root / missing[0]}: image file not found (id {missing[0]!r} in "
+            f"{metadata.split_dir / 'image_ids.txt'}){more}"
+        )
+
+
+class WSOLDataset(Dataset):
+    """A metadata split: ``(image tensor, label, index)``; ``image_ids[index]`` names the image."""
+
+    def __init__(self, metadata: Metadata, data_root: str | Path, transform: Callable | None = None) -> None:
+        self.metadata = metadata
+        self.data_root = Path(data_root)
+        self.transform = transform if transform is not None else eval_transform()
+        self.image_ids = list(metadata.image_ids)
+        self.labels = [metadata.labels[image_id] for image_id in self.image_ids]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        path = self.data_root / self.image_ids[index]
+        if not path.is_file():
+            raise WSOLError(f"{path}: image file not found (id {self.image_ids[index]!r} of {self.metadata.split_dir})")
+        return self.transform(load_image(path)), self.labels[index], index
+
+
+class ClassFolderDataset(Dataset):
+    """``root/<class>/**/<image>``: ``(image tensor, label, index)``, labels from the sorted class names.
+
+    Every non-hidden sub-folder is a class, and an empty one is an error: silently skipping it would shift
+    the labels of every class after it.
+    """
+
+    def __init__(self, root: str | Path, transform: Callable | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise WSOLError(f"{self.root}: class folder root not found")
+        self.transform = transform if transform is not None else eval_transform()
+        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not self.classes:
+            raise WSOLError(f"{self.root}: no class sub-folders")
+        self.class_to_idx = {name: k for k, name in enumerate(self.classes)}
+        self.samples: list[tuple[Path, int]] = []
+        for name in self.classes:
+            files = find_image_files([self.root / name]).files
+            if not files:
+                raise WSOLError(f"{self.root / name}: class folder has no image files")
+            self.samples.extend((path, self.class_to_idx[name]) for path in files)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        path, label = self.samples[index]
+        return self.transform(load_image(path)), label, index
+
+
+class BrokenImage(NamedTuple):
+    """Stands in for the tensor of an image that could not be read; ``reason`` is the one-line error."""
+
+    index: int
+    path: str
+    reason: str
+
+
+class ImageListDataset(Dataset):
+    """Plain files: ``(image tensor, index)``, or ``(BrokenImage, index)`` when the file cannot be read."""
+
+    def __init__(self, paths: Sequence[str | Path], transform: Callable | None = None) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.transform = transform if transform is not None else eval_transform()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | BrokenImage, int]:
+        path = self.paths[index]
+        try:
+            image = load_image(path)
+        except WSOLError as error:
+            return BrokenImage(index, str(path), str(error)), index
+        return self.transform(image), index
+
+
+class ImageBatch(NamedTuple):
+    """A batch without its broken items: ``images[i]`` is dataset item ``indices[i]``.
+
+    When every item is broken, ``images`` is an empty tensor: test ``len(batch.indices)``.
+    """
+
+    images: Tensor
+    indices: Tensor
+    broken: list[BrokenImage]
+
+
+def collate_skip_broken(batch: list[tuple[Any, int]]) -> ImageBatch:
+    """``collate_fn`` for :class:`ImageListDataset`: stack the readable images, report the broken ones."""
+    good = [(x, i) for x, i in batch if not isinstance(x, BrokenImage)]
+    broken = [x for x, _ in batch if isinstance(x, BrokenImage)]
+    if not good:
+        return ImageBatch(torch.empty(0), torch.empty(0, dtype=torch.long), broken)
+    images, indices = default_collate(good)
+    return ImageBatch(images, indices, broken)
