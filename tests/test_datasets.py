@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,14 +11,11 @@ from wsol.data import (
     HALF_MEAN_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    BrokenImage,
     ClassFolderDataset,
-    ImageListDataset,
     Metadata,
     SynthConfig,
     WSOLDataset,
     check_data_root,
-    collate_skip_broken,
     eval_transform,
     generate,
     load_image,
@@ -96,19 +92,3 @@ def test_class_folder_dataset_sorted_classes(synth, tmp_path):
         ClassFolderDataset(tmp_path)
 
 
-def test_image_list_skips_and_reports_broken_files(tmp_path):
-    paths = []
-    for k in range(4):
-        paths.append(tmp_path / f"{k}.png")
-        Image.new("RGB", (20 + k, 30), (k * 60, 0, 0)).save(paths[-1])
-    paths[1].write_text("garbage")
-    paths.append(tmp_path / "missing.png")
-    dataset = ImageListDataset(paths)
-    flag, index = dataset[1]
-    assert isinstance(flag, BrokenImage) and index == 1 and "1.png" in flag.reason
-    batches = list(DataLoader(dataset, batch_size=2, collate_fn=collate_skip_broken))
-    assert [b.indices.tolist() for b in batches] == [[0], [2, 3], []]
-    assert [[item.index for item in b.broken] for b in batches] == [[1], [], [4]]
-    assert batches[1].images.shape == (2, 3, 224, 224) and batches[2].images.numel() == 0
-    red = (np.array([120, 0, 0]) / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
-    np.testing.assert_allclose(batches[1].images[0, :, 5, 5].numpy(), red, rtol=1e-5)

@@ -9,13 +9,11 @@ image instead, and :func:`collate_skip_broken` drops it from the batch and repor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
 
-import torch
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from wsol.data.images import find_image_files, load_image
 from wsol.data.metadata import Metadata
@@ -86,51 +84,3 @@ class ClassFolderDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
         path, label = self.samples[index]
         return self.transform(load_image(path)), label, index
-
-
-class BrokenImage(NamedTuple):
-    """Stands in for the tensor of an image that could not be read; ``reason`` is the one-line error."""
-
-    index: int
-    path: str
-    reason: str
-
-
-class ImageListDataset(Dataset):
-    """Plain files: ``(image tensor, index)``, or ``(BrokenImage, index)`` when the file cannot be read."""
-
-    def __init__(self, paths: Sequence[str | Path], transform: Callable | None = None) -> None:
-        self.paths = [Path(p) for p in paths]
-        self.transform = transform if transform is not None else eval_transform()
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[Tensor | BrokenImage, int]:
-        path = self.paths[index]
-        try:
-            image = load_image(path)
-        except WSOLError as error:
-            return BrokenImage(index, str(path), str(error)), index
-        return self.transform(image), index
-
-
-class ImageBatch(NamedTuple):
-    """A batch without its broken items: ``images[i]`` is dataset item ``indices[i]``.
-
-    When every item is broken, ``images`` is an empty tensor: test ``len(batch.indices)``.
-    """
-
-    images: Tensor
-    indices: Tensor
-    broken: list[BrokenImage]
-
-
-def collate_skip_broken(batch: list[tuple[Any, int]]) -> ImageBatch:
-    """``collate_fn`` for :class:`ImageListDataset`: stack the readable images, report the broken ones."""
-    good = [(x, i) for x, i in batch if not isinstance(x, BrokenImage)]
-    broken = [x for x, _ in batch if isinstance(x, BrokenImage)]
-    if not good:
-        return ImageBatch(torch.empty(0), torch.empty(0, dtype=torch.long), broken)
-    images, indices = default_collate(good)
-    return ImageBatch(images, indices, broken)

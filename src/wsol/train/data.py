@@ -23,10 +23,10 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision import transforms as T
 
 from wsol.data.images import IMAGE_EXTENSIONS, read_image
 from wsol.data.metadata import Metadata
+from wsol.data.transforms import eval_transform, train_transform
 from wsol.errors import WSOLError
 from wsol.train.config import TrainConfig
 
@@ -35,17 +35,14 @@ PIPELINE_SIZES = {"protocol": (256, 224), "cab384": (438, 384)}  # (resize, crop
 
 # --------------------------------------------------------------------------- transforms
 def build_transforms(config: TrainConfig, mean: Sequence[float], std: Sequence[float]) -> tuple[Callable, Callable]:
-    """The protocol's pipelines: train = resize (s, s), random crop c, flip; eval = resize (c, c)."""
+    """The recipe's pipelines (:mod:`wsol.data.transforms`): train = resize (s, s), random crop c, flip;
+    eval = resize (c, c)."""
     resize, crop = PIPELINE_SIZES[config.data.pipeline]
     resize = config.data.resize_size or resize
     crop = config.data.crop_size or crop
     if crop > resize:
         raise WSOLError(f"config data.crop_size={crop} is larger than data.resize_size={resize}")
-    norm = T.Normalize(list(mean), list(std))
-    train = T.Compose([T.Resize((resize, resize)), T.RandomCrop(crop), T.RandomHorizontalFlip(),
-                       T.ToTensor(), norm])
-    evaluate = T.Compose([T.Resize((crop, crop)), T.ToTensor(), norm])
-    return train, evaluate
+    return train_transform(resize, crop, mean, std), eval_transform(crop, mean, std)
 
 
 # --------------------------------------------------------------------------- datasets
