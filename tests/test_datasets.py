@@ -72,7 +72,7 @@ def test_check_data_root_names_the_first_missing_image(synth, tmp_path):
     with pytest.raises(WSOLError, match="data root folder not found"):
         check_data_root(meta, tmp_path / "nowhere")
     (tmp_path / "val").mkdir()
-    with pytest.raises(WSOLError, match=rf"{meta.image_ids[0]}: image file not found .*\(and 1 more\)"):
+    with pytest.raises(WSOLError, match=rf"{meta.image_ids[0]}: image file not found .*\(and 1 more of 2 checked\)"):
         check_data_root(meta, tmp_path)
 
 

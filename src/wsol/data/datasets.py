@@ -9,7 +9,8 @@ image instead, and :func:`collate_skip_broken` drops it from the batch and repor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from torch import Tensor
@@ -21,14 +22,21 @@ from wsol.data.transforms import eval_transform
 from wsol.errors import WSOLError
 
 
-def check_data_root(metadata: Metadata, data_root: str | Path) -> None:
-    """Raise naming the first image of ``metadata`` missing under ``data_root`` (before a long run starts)."""
+def check_data_root(metadata: Metadata, data_root: str | Path, sample: int | None = None) -> None:
+    """Raise naming the first image of ``metadata`` missing under ``data_root`` (before a long run starts).
+
+    ``sample`` checks the first, the last and that many random images only (a quick start on huge
+    training splits); by default every image is checked.
+    """
     root = Path(data_root)
     if not root.is_dir():
         raise WSOLError(f"{root}: data root folder not found (images of {metadata.split_dir})")
-    missing = [image_id for image_id in metadata.image_ids if not (root / image_id).is_file()]
+    ids = list(metadata.image_ids)
+    if sample is not None and len(ids) > sample + 2:
+        ids = [ids[0], ids[-1], *random.Random(0).sample(ids, sample)]
+    missing = [image_id for image_id in ids if not (root / image_id).is_file()]
     if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        more = f" (and {len(missing) - 1} more of {len(ids)} checked)" if len(missing) > 1 else ""
         raise WSOLError(
             f"{root / missing[0]}: image file not found (id {missing[0]!r} in "
             f"{metadata.split_dir / 'image_ids.txt'}){more}"
@@ -62,21 +70,28 @@ class ClassFolderDataset(Dataset):
     the labels of every class after it.
     """
 
-    def __init__(self, root: str | Path, transform: Callable | None = None) -> None:
+    def __init__(self, root: str | Path, transform: Callable | None = None,
+                 classes: Sequence[str] | None = None) -> None:
+        """``classes`` fixes the label order (e.g. a val tree labelled like its train tree)."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise WSOLError(f"{self.root}: class folder root not found")
         self.transform = transform if transform is not None else eval_transform()
-        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.classes = list(classes) if classes is not None else found
         if not self.classes:
             raise WSOLError(f"{self.root}: no class sub-folders")
         self.class_to_idx = {name: k for k, name in enumerate(self.classes)}
         self.samples: list[tuple[Path, int]] = []
-        for name in self.classes:
+        for name in found:
+            if name not in self.class_to_idx:
+                raise WSOLError(f"{self.root / name}: class folder not among the classes {self.classes}")
             files = find_image_files([self.root / name]).files
-            if not files:
+            if not files and classes is None:
                 raise WSOLError(f"{self.root / name}: class folder has no image files")
             self.samples.extend((path, self.class_to_idx[name]) for path in files)
+        if not self.samples:
+            raise WSOLError(f"{self.root}: no image files")
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from wsol.data.images import IMAGE_EXTENSIONS, read_image
+from wsol.data.datasets import ClassFolderDataset, check_data_root
+from wsol.data.images import read_image
 from wsol.data.metadata import Metadata
 from wsol.data.transforms import eval_transform, train_transform
 from wsol.errors import WSOLError
@@ -163,20 +164,6 @@ class ShardSampler(Sampler):
 
 
 # --------------------------------------------------------------------------- split readers
-def _check_images(images: ImageList, all_files: bool) -> None:
-    """Raise naming the first image of the split that is not under the data root."""
-    ids = images.image_ids
-    if not all_files and len(ids) > 200:
-        rng = random.Random(0)
-        ids = [ids[0], ids[-1], *rng.sample(ids, 200)]
-    for image_id in ids:
-        path = images.root / image_id
-        if not path.is_file():
-            missing = sum(not (images.root / i).is_file() for i in ids)
-            raise WSOLError(f"{path}: image named by {images.name} not found under data.root={images.root} "
-                            f"({missing} of {len(ids)} checked are missing)")
-
-
 def read_wsol_split(config: TrainConfig, split: str) -> ImageList:
     """Metadata of ``split`` under ``data.metadata``, images under ``data.root`` (checked to exist)."""
     split_dir = Path(config.data.metadata) / split
@@ -185,32 +172,16 @@ def read_wsol_split(config: TrainConfig, split: str) -> ImageList:
     root = Path(config.data.root)
     if not root.is_dir():
         raise WSOLError(f"config data.root={root}: folder not found")
-    images = ImageList(root, list(metadata.image_ids), [metadata.labels[i] for i in metadata.image_ids],
-                       metadata, name=str(split_dir / "image_ids.txt"))
-    _check_images(images, all_files=split != config.data.train_split)
-    return images
+    check_data_root(metadata, root, sample=200 if split == config.data.train_split else None)
+    return ImageList(root, list(metadata.image_ids), [metadata.labels[i] for i in metadata.image_ids],
+                     metadata, name=str(split_dir / "image_ids.txt"))
 
 
 def read_folder_split(root: Path, classes: list[str] | None = None) -> ImageList:
     """A class-per-folder tree ``root/<class>/<image>``; classes sorted by name (or as given)."""
-    if not root.is_dir():
-        raise WSOLError(f"{root}: class folder tree not found")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    classes = classes if classes is not None else found
-    if not classes:
-        raise WSOLError(f"{root}: no class sub-folders")
-    index = {c: i for i, c in enumerate(classes)}
-    ids, labels = [], []
-    for name in found:
-        if name not in index:
-            raise WSOLError(f"{root / name}: class folder not among the training classes")
-        for path in sorted((root / name).rglob("*")):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-                ids.append(str(path.relative_to(root)))
-                labels.append(index[name])
-    if not ids:
-        raise WSOLError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return ImageList(root, ids, labels, None, name=str(root))
+    tree = ClassFolderDataset(root, classes=classes)
+    return ImageList(root, [str(path.relative_to(root)) for path, _ in tree.samples],
+                     [label for _, label in tree.samples], None, name=str(root))
 
 
 # --------------------------------------------------------------------------- the data module
