@@ -295,7 +295,7 @@ def test_load_weights_mismatch_errors(resnet: WSOLClassifier, tmp_path) -> None:
     with pytest.raises(WSOLError, match="not found"):
         load_weights(resnet, tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(WSOLError, match=r"junk\.pth: cannot load weights"):
+    with pytest.raises(WSOLError, match=r"junk\.pth: cannot read weights"):
         load_weights(resnet, tmp_path / "junk.pth")
 
 

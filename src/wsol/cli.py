@@ -52,8 +52,8 @@ def evaluate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from wsol.atomic import write_json
     from wsol.data.metadata import Metadata
+    from wsol.files import write_json
     from wsol.metrics.scoremaps import evaluate_scoremaps
 
     try:
@@ -239,7 +239,7 @@ def localize(
             text = json.dumps(jsonable(summary.metrics), indent=1)
             typer.echo(text)
             if out is not None:
-                from wsol.atomic import write_text
+                from wsol.files import write_text
 
                 write_text(out / "metrics.json", text + "\n")
         if not quiet:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from wsol.atomic import replacing
 from wsol.errors import WSOLError
+from wsol.files import replacing
 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from wsol.atomic import replacing
 from wsol.errors import WSOLError
 from wsol.fcam.decoder import FCAMDecoder
 from wsol.fcam.model import FCAM
+from wsol.files import read_checkpoint, replacing
 
 
 def _plain(value: Any) -> Any:
@@ -88,12 +88,7 @@ def load_fcam(path: str | Path, map_location: str | torch.device = "cpu") -> FCA
     from wsol.models.classifier import _problems
 
     path = Path(path)
-    if not path.is_file():
-        raise WSOLError(f"{path}: F-CAM checkpoint not found")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a user-facing error
-        raise WSOLError(f"{path}: cannot be read ({type(exc).__name__})") from exc
+    obj = read_checkpoint(path, "F-CAM checkpoint", map_location)
     if not is_fcam_checkpoint(obj):
         raise WSOLError(f"{path}: not an F-CAM checkpoint (no 'fcam' record); "
                         "train one with `wsol fcam train`")

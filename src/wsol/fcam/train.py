@@ -32,6 +32,7 @@ from wsol.fcam.decoder import DECODER_CHANNELS
 from wsol.fcam.losses import FCAMLossWeights, LogBarrierSchedule, fcam_loss
 from wsol.fcam.model import FCAM
 from wsol.fcam.sampling import sample_pseudo_labels, upsample_cams
+from wsol.files import read_checkpoint
 from wsol.train.config import TrainConfig, _build, load_config
 from wsol.train.data import WSOLDataModule
 from wsol.train.module import WSOLModule
@@ -209,7 +210,7 @@ def train_fcam(config: FCAMConfig, *, resume: bool | str | Path = False, quiet: 
 
 def export_fcam(lightning_checkpoint: str | Path, path: str | Path) -> Path:
     """A ``wsol fcam train`` Lightning checkpoint -> a standalone ``fcam.pt`` (:func:`wsol.fcam.save_fcam`)."""
-    obj = torch.load(lightning_checkpoint, map_location="cpu", weights_only=True)
+    obj = read_checkpoint(lightning_checkpoint)
     model = load_fcam(lightning_checkpoint)
     meta = obj.get("wsol", {})
     build = {k: meta[k] for k in ("pool", "tap_theta", "large_feature_map", "surgery") if k in meta}

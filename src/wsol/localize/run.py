@@ -35,10 +35,10 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from wsol.atomic import save_npy, write_text
 from wsol.cams import compute_cams, get_method
 from wsol.data.images import find_image_files, read_image
 from wsol.errors import WSOLError
+from wsol.files import read_checkpoint, save_npy, write_text
 from wsol.localize.boxes import boxes_from_map, mask_from_map
 from wsol.localize.maps import minmax_normalize, resize_map, to_score_maps
 
@@ -261,12 +261,7 @@ def load_model(model_name: str | None = None, checkpoint: str | Path | None = No
         except Exception as exc:  # noqa: BLE001
             raise WSOLError(f"--model {name}: cannot be built ({type(exc).__name__}: {exc})") from exc
     path = Path(checkpoint)
-    if not path.is_file():
-        raise WSOLError(f"--checkpoint {path}: file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise WSOLError(f"--checkpoint {path}: cannot be read ({type(exc).__name__})") from exc
+    obj = read_checkpoint(path)
     from wsol.fcam.checkpoint import is_fcam_checkpoint, load_fcam
 
     if is_fcam_checkpoint(obj):  # an F-CAM model (classifier + decoder): --method fcam, or any CAM method

@@ -7,10 +7,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from wsol.errors import WSOLError
+from wsol.files import read_checkpoint
 from wsol.models.heads import LinearHead
 
 
@@ -184,13 +184,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     ``WSOLError`` naming the file and the first missing / unexpected / mis-shaped keys.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WSOLError(f"{path}: weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a user-facing error
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise WSOLError(f"{path}: cannot load weights ({type(exc).__name__}: {first[:200]})") from exc
+    obj = read_checkpoint(path, "weights")
     state = _unwrap(obj, path)
     candidates = [state]
     if isinstance(model, WSOLClassifier):

@@ -18,6 +18,7 @@ from timm.models import build_model_with_cfg
 from torch import Tensor, nn
 
 from wsol.errors import WSOLError
+from wsol.files import read_checkpoint
 
 __all__ = [
     "ReparamLargeKernelConv",
@@ -202,10 +203,6 @@ def structural_reparam(model: nn.Module) -> nn.Module:
     return model
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def read_official_state_dict(
     path: str | Path, renames: Sequence[tuple[str, str]] = ()
 ) -> dict[str, Tensor]:
@@ -217,13 +214,7 @@ def read_official_state_dict(
     of ``(regex, replacement)`` pairs applied to every key in order.
     """
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WSOLError(f"{path}: checkpoint file not found") from None
-    except Exception as err:  # noqa: BLE001 - unpickling raises many types; report them on one line
-        reason = f"{type(err).__name__}: {_one_line(err)[:200]}"
-        raise WSOLError(f"{path}: cannot read checkpoint ({reason})") from None
+    obj = read_checkpoint(path)
     for _ in range(3):  # nested wrappers, e.g. {"state_dict": {"model": ...}}
         if isinstance(obj, Mapping):
             inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from wsol.atomic import replacing  # noqa: E402
+from wsol.files import replacing  # noqa: E402
 from wsol.metrics.box_accuracy import BoxAccuracy  # noqa: E402
 from wsol.metrics.pixel_ap import PixelAP  # noqa: E402
 

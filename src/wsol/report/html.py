@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from wsol.atomic import write_text
+from wsol.files import write_text
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}

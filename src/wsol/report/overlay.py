@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from wsol.atomic import write_bytes
 from wsol.errors import WSOLError
+from wsol.files import write_bytes
 
 BOX_COLOR = (0, 255, 0)  # RGB
 # "up" filter + Huffman-only deflate: 2.5x faster than zlib level 1 on photos, files of the same size

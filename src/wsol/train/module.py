@@ -207,7 +207,7 @@ class WSOLModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.results["test"] = self._eval_end("test", self.test_variants)
         if self.results_path and (self.trainer is None or self.trainer.is_global_zero):
-            from wsol.atomic import write_json
+            from wsol.files import write_json
 
             write_json(self.results_path, _plain_json(self.results["test"]))
 

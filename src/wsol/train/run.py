@@ -29,8 +29,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
-from wsol.atomic import write_json
 from wsol.errors import WSOLError
+from wsol.files import read_checkpoint, write_json
 from wsol.models import WSOLClassifier, build_model
 from wsol.train.config import TrainConfig
 from wsol.train.data import WSOLDataModule
@@ -276,7 +276,7 @@ def evaluate_module(config: TrainConfig, module: WSOLModule, datamodule: WSOLDat
 
     With ``json_out``, rank 0 also writes the results there (the way back from spawned DDP processes)."""
     if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = read_checkpoint(checkpoint)
         module.load_state_dict(state["state_dict"])
     if trainer is None:
         trainer, _ = make_trainer(config, Path(config.trainer.out_dir), quiet=quiet, loggers=False)
@@ -315,12 +315,7 @@ def evaluate(config: TrainConfig, checkpoint: str | Path, *, split: str = "test"
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """``checkpoint["wsol"]`` of a ``wsol train`` checkpoint; one-line errors for other files."""
     path = Path(path)
-    if not path.is_file():
-        raise WSOLError(f"{path}: checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise WSOLError(f"{path}: cannot read checkpoint ({type(exc).__name__})") from exc
+    obj = read_checkpoint(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("wsol"), dict) or "state_dict" not in obj:
         raise WSOLError(f"{path}: not a `wsol train` checkpoint (no 'wsol' model record)")
     meta = dict(obj["wsol"])

@@ -1,5 +1,6 @@
-"""Atomic file writes: the one place where outputs are written through a temporary file and a rename, so an
-interrupted run never leaves half a file behind (and a resumed run can trust what exists)."""
+"""Files in and out: the one place where outputs are written atomically (a temporary file and a rename, so
+an interrupted run never leaves half a file behind and a resumed run can trust what exists), and where
+checkpoint files are read (``weights_only=True``, one-line errors)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from wsol.errors import WSOLError
 
 
 @contextmanager
@@ -47,3 +51,16 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array)
     write_bytes(path, buffer.getvalue())
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the file (missing, unreadable,
+    or pickled code that ``weights_only`` refuses)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WSOLError(f"{path}: {what} file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a user-facing error
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WSOLError(f"{path}: cannot read {what} ({type(exc).__name__}: {reason[:200]})") from None
