@@ -352,3 +352,25 @@ def test_embedded_new_classes_keeps_backbone(embedded: WSOLClassifier) -> None:
 
 def test_head_types_are_linear_subclasses() -> None:
     assert issubclass(BatchNormHead, LinearHead) and issubclass(LayerNormHead, LinearHead)
+
+
+@pytest.mark.parametrize("name", ["replknet_31b", "slak_tiny"])
+def test_cam_logit_identity_on_the_real_large_kernel_classifiers(name: str) -> None:
+    """RepLKNet's BN head and SLaK's LN head folded into the class weights, on the full models."""
+    from wsol.cams import compute_cams
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5).eval()
+    for mod in model.modules():  # non-trivial statistics and affine parameters, so the folding matters
+        if isinstance(mod, (nn.BatchNorm2d, nn.LayerNorm)):
+            mod.weight.data.normal_(1, 0.2)
+            mod.bias.data.normal_(0, 0.2)
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.normal_(0, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 64, 64)
+    out = compute_cams(model, x, method="cam", include_bias=True)
+    with torch.no_grad():
+        logits = model(x)
+    torch.testing.assert_close(out.maps.mean((1, 2)), logits.gather(1, out.targets[:, None])[:, 0],
+                               atol=1e-4, rtol=1e-4)
