@@ -32,8 +32,17 @@ def run() -> None:
         sys.exit(2)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from wsol import __version__
+
+        typer.echo(f"wsol {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
     """wsol: find where objects are with classifiers trained on image labels."""
 
 
