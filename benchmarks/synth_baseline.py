@@ -4,16 +4,21 @@
 
 For each recipe (configs/synth_*.yaml) it trains with `wsol.train.run.train`, tests the selected checkpoint on
 the test split with CAM, CAM+NWC, CAM with PaS, PC1 and Grad-CAM (GT-known score maps at 224), prints a
-markdown table (classification top-1, MaxBoxAcc, MaxBoxAccV2, PxAP) and writes overlays of plain CAM with
-the GT boxes (green) and the MaxBoxAcc box at the best threshold (red) to ``<out>/overlay_<recipe>.png``.
-A recipe whose ``test_metrics.json`` exists is not trained again.
+markdown table (classification top-1, MaxBoxAcc, MaxBoxAccV2, PxAP), writes it with the command that made it
+to ``benchmarks/results/synth_baseline.md`` (unless ``--no-save``) and writes overlays of plain CAM with the GT
+boxes (green) and the MaxBoxAcc box at the best threshold (red) to ``<out>/overlay_<recipe>.png``.
+A recipe whose ``test_metrics.json`` exists is not trained again. The dataset is (re)generated with the
+default ``SynthConfig`` when ``--data`` holds none or one made with other knobs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -72,13 +77,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "synth_baseline")
     parser.add_argument("--configs", nargs="+", type=Path,
                         default=[ROOT / "configs" / "synth_gap.yaml", ROOT / "configs" / "synth_tap.yaml"])
+    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/synth_baseline.md")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every recipe")
     args = parser.parse_args()
-    if not (args.data / "synth.json").is_file():
+    started = time.time()
+    info = args.data / "synth.json"
+    if not info.is_file() or json.loads(info.read_text())["config"] != asdict(SynthConfig()):
         t = time.time()
-        generate(SynthConfig(), args.data)
+        generate(SynthConfig(), args.data, overwrite=True)
         print(f"generated {args.data} in {time.time() - t:.0f}s")
     rows = []
+    seconds = {}
     for config_path in args.configs:
         name = config_path.stem
         run = args.out / name
@@ -90,7 +99,8 @@ def main() -> None:
             t = time.time()
             last = run / "checkpoints" / "last.ckpt"
             train(config, resume=last.is_file(), test_methods=METHODS, quiet=True)
-            print(f"{name}: trained and tested in {time.time() - t:.0f}s")
+            seconds[name] = time.time() - t
+            print(f"{name}: trained and tested in {seconds[name]:.0f}s")
         result = json.loads((run / "test_metrics.json").read_text())
         overlay(run, args.data, config_path, args.out / f"overlay_{name}.png")
         top1 = result["test"]["classification"]["top1_cls"]
@@ -98,12 +108,30 @@ def main() -> None:
             entry = result["test"][spec]
             rows.append((name, LABELS[spec], top1, entry["MaxBoxAcc"], entry["MaxBoxAccV2"], entry["PxAP"]))
         rows.append((name, "(fit time, s)", result["fit_seconds"], float("nan"), float("nan"), float("nan")))
-    print("\n| recipe | map | top-1 cls | MaxBoxAcc | MaxBoxAccV2 | PxAP |\n|---|---|---|---|---|---|")
+    lines = ["| recipe | map | top-1 cls | MaxBoxAcc | MaxBoxAccV2 | PxAP |", "|---|---|---|---|---|---|"]
     for name, label, top1, acc, v2, pxap in rows:
         if label.startswith("("):
-            print(f"| {name} | fit time | {top1:.0f} s | | | |")
+            total = f", fit + test {seconds[name]:.0f} s" if name in seconds else ""
+            lines.append(f"| {name} | fit time | {top1:.0f} s{total} | | | |")
         else:
-            print(f"| {name} | {label} | {top1:.1f} | {acc:.1f} | {v2:.1f} | {pxap:.1f} |")
+            lines.append(f"| {name} | {label} | {top1:.1f} | {acc:.1f} | {v2:.1f} | {pxap:.1f} |")
+    table = "\n".join(lines)
+    test = Metadata.load(args.data / "metadata" / "test")
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/synth_baseline.py", *sys.argv[1:]])
+    knobs = ", ".join(f"{k}={v}" for k, v in asdict(SynthConfig()).items())
+    note = (f"\nSynthetic benchmark (`wsol data synth`, default knobs: {knobs}); test split, {len(test)} images, "
+            "GT-known score maps at 224 x 224, MaxBoxAcc at IoU 50, MaxBoxAccV2 = mean over IoU 30/50/70, "
+            "threshold step 0.01; the checkpoint of each recipe is chosen on the val split by MaxBoxAccV2. "
+            f"CPU ({torch.get_num_threads()} threads); whole script {time.time() - started:.0f} s.\n\n"
+            f"Command: `{command}`\n")
+    print("\n" + table + "\n" + note)
+    if not args.no_save:
+        out_md = ROOT / "benchmarks" / "results" / "synth_baseline.md"
+        out_md.parent.mkdir(parents=True, exist_ok=True)
+        old = out_md.read_text(encoding="utf-8") if out_md.is_file() else ""
+        kept = old[old.index("\n## Notes"):] if "\n## Notes" in old else ""  # hand-written analysis stays
+        out_md.write_text("# CAM baselines on the synthetic benchmark\n\n" + table + "\n" + note + kept,
+                          encoding="utf-8")
 
 
 if __name__ == "__main__":
