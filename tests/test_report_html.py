@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from wsol.report.html import render_html, write_html
-from wsol.report.overlay import render_overlay, write_png
+from wsol.report.overlay import render_overlay, write_image
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
@@ -28,7 +28,7 @@ def _records(tmp_path: Path) -> list[dict]:
     for i, (key, cls, name, boxes) in enumerate(specs):
         width, height = 300 + 10 * i, 200
         image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-        write_png(tmp_path / "overlays" / f"{i}.png", render_overlay(image, rng.random((7, 7)), np.array(boxes)))
+        write_image(tmp_path / "overlays" / f"{i}.png", render_overlay(image, rng.random((7, 7)), np.array(boxes)))
         records.append({"id": key, "path": key, "width": width, "height": height, "overlay": f"overlays/{i}.png",
                         "target": {"class": cls, "name": name, "prob": 0.5},
                         "top5": [{"class": cls, "name": name, "prob": 0.5}, {"class": 0, "name": "tench", "prob": 0.1}],

@@ -490,7 +490,7 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
                           str(cfg.get("interpolation", "bicubic")), DISPLAY_SIZE)
     workers = _default_workers() if options.workers is None else options.workers
     model = model.to(device).eval()
-    from wsol.report.overlay import label_text, write_overlay
+    from wsol.report.overlay import OVERLAY_SUFFIX, label_text, write_overlay
 
     def write(result: BatchResult) -> list[dict[str, Any]]:
         batch = result.batch
@@ -517,7 +517,7 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
             }
             if batch["notes"][row]:
                 rec["converted_from"] = batch["notes"][row]
-            overlay_rel = f"overlays/{key}.png"
+            overlay_rel = f"overlays/{key}{OVERLAY_SUFFIX}"
             disp_boxes = scale_boxes([b["box"] for b in boxes], (width, height), (dw, dh)) if boxes else None
             write_overlay(out / overlay_rel, display, score, disp_boxes, label_text(names[k], prob))
             rec["overlay"] = overlay_rel

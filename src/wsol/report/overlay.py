@@ -12,9 +12,13 @@ from wsol.errors import WSOLError
 from wsol.files import write_bytes
 
 BOX_COLOR = (0, 255, 0)  # RGB
-# "up" filter + Huffman-only deflate: 2.5x faster than zlib level 1 on photos, files of the same size
-_PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-             cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+OVERLAY_SUFFIX = ".jpg"  # overlays are photos: JPEG encodes ~10x faster than PNG and is ~5x smaller
+_ENCODE_PARAMS = {
+    ".jpg": [cv2.IMWRITE_JPEG_QUALITY, 90],
+    # "up" filter + Huffman-only deflate: 2.5x faster than zlib level 1 on photos, files of the same size
+    ".png": [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
+             cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY],
+}
 
 
 def heatmap(score_map: np.ndarray) -> np.ndarray:
@@ -48,18 +52,22 @@ def render_overlay(image: np.ndarray, score_map: np.ndarray, boxes: np.ndarray |
     return out
 
 
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write an RGB uint8 image as PNG, atomically."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), _PNG_FAST)
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Write an RGB uint8 image atomically, as JPEG or PNG by the path's suffix."""
+    suffix = Path(path).suffix.lower()
+    suffix = ".jpg" if suffix == ".jpeg" else suffix
+    if suffix not in _ENCODE_PARAMS:
+        raise WSOLError(f"{path}: overlays are written as .jpg or .png")
+    ok, buf = cv2.imencode(suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), _ENCODE_PARAMS[suffix])
     if not ok:
-        raise WSOLError(f"{path}: cannot encode PNG")
+        raise WSOLError(f"{path}: cannot encode the image")
     write_bytes(path, buf.tobytes())
 
 
 def write_overlay(path: str | Path, image: np.ndarray, score_map: np.ndarray, boxes: np.ndarray | None = None,
                   label: str | None = None, alpha: float = 0.45) -> None:
-    """:func:`render_overlay` then :func:`write_png`."""
-    write_png(path, render_overlay(image, score_map, boxes, label, alpha))
+    """:func:`render_overlay` then :func:`write_image`."""
+    write_image(path, render_overlay(image, score_map, boxes, label, alpha))
 
 
 def label_text(name: str, prob: float, extra: Sequence[str] = ()) -> str:
