@@ -232,7 +232,8 @@ def localize(
     """Heatmaps, boxes and an HTML report for any images (offline, CPU by default); or score maps of a split."""
     import json
 
-    from wsol.localize.run import LocalizeOptions, jsonable, load_model, localize_images, localize_split
+    from wsol.files import plain
+    from wsol.localize.run import LocalizeOptions, load_model, localize_images, localize_split
 
     if metadata is not None:
         if paths:
@@ -245,7 +246,7 @@ def localize(
                                  workers=workers, image_size=image_size or 224,
                                  cam_curve_interval=cam_curve_interval, quiet=quiet)
         if summary.metrics is not None:
-            text = json.dumps(jsonable(summary.metrics), indent=1)
+            text = json.dumps(plain(summary.metrics), indent=1)
             typer.echo(text)
             if out is not None:
                 from wsol.files import write_text

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -43,8 +44,28 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def plain(value: Any) -> Any:
+    """Nested data made plain, safe for JSON and for ``torch.load(weights_only=True)``: string keys, lists
+    for tuples, arrays and tensors; Python numbers for numpy/torch scalars; None for NaN and infinities;
+    ``str()`` of anything else."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return plain(value.tolist())
+    if isinstance(value, np.generic):
+        return plain(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
 def write_json(path: str | Path, payload: Any) -> None:
-    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    """``payload`` (made :func:`plain`) as indented JSON, atomically."""
+    write_text(path, json.dumps(plain(payload), indent=2, sort_keys=True) + "\n")
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:

@@ -25,17 +25,7 @@ import torch
 from wsol.errors import WSOLError
 from wsol.fcam.decoder import FCAMDecoder
 from wsol.fcam.model import FCAM
-from wsol.files import read_checkpoint, replacing
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+from wsol.files import plain, read_checkpoint, replacing
 
 
 def fcam_checkpoint(model: FCAM, build: Mapping[str, Any] | None = None,
@@ -44,15 +34,15 @@ def fcam_checkpoint(model: FCAM, build: Mapping[str, Any] | None = None,
     clf = model.classifier
     meta = {"kind": "fcam", "model": getattr(clf, "name", ""), "num_classes": int(clf.num_classes),
             "class_names": list(clf.class_names) if getattr(clf, "class_names", None) else None,
-            "data_config": _plain(getattr(clf, "data_config", {}))}
+            "data_config": plain(getattr(clf, "data_config", {}))}
     pool = getattr(getattr(clf, "head", None), "pool", None)
     if pool is not None:
         meta["pool"] = str(getattr(pool, "kind", "gap"))
         meta["tap_theta"] = float(getattr(pool, "theta", 0.1))
-    meta.update(_plain(dict(build or {})))
+    meta.update(plain(dict(build or {})))
     return {"wsol": meta,
             "fcam": {"feature_channels": list(model.decoder.feature_channels),
-                     "channels": list(model.decoder.channels), "config": _plain(dict(config or {}))},
+                     "channels": list(model.decoder.channels), "config": plain(dict(config or {}))},
             "state_dict": {k: v.detach().cpu() for k, v in clf.state_dict().items()},
             "decoder": {k: v.detach().cpu() for k, v in model.decoder.state_dict().items()}}
 

@@ -20,7 +20,6 @@ scaled to original pixels. A box's ``score`` is the MEAN map value inside it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -644,21 +643,8 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
     return summary
 
 
-def jsonable(value: Any) -> Any:
-    """Metrics dicts with numpy scalars / int keys made JSON-friendly."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 __all__ = [
     "BatchResult", "ImageSource", "LocalizeOptions", "ResultsLog", "Summary", "boxes_with_scores",
-    "collate_images", "jsonable", "load_model", "localize_images", "localize_loader",
+    "collate_images", "load_model", "localize_images", "localize_loader",
     "localize_split", "resolve_device", "resolve_target", "run_model", "scale_boxes",
 ]

@@ -19,6 +19,7 @@ from torchmetrics import Metric
 
 from wsol.data.metadata import Metadata
 from wsol.errors import WSOLError
+from wsol.files import plain
 from wsol.metrics import BoxAccuracy, PixelAP
 from wsol.models import WSOLClassifier, build_model
 from wsol.train.config import TrainConfig, config_from_dict
@@ -209,7 +210,7 @@ class WSOLModule(L.LightningModule):
         if self.results_path and (self.trainer is None or self.trainer.is_global_zero):
             from wsol.files import write_json
 
-            write_json(self.results_path, _plain_json(self.results["test"]))
+            write_json(self.results_path, self.results["test"])
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -218,7 +219,7 @@ class WSOLModule(L.LightningModule):
             "tap_theta": float(self.cfg.model.tap_theta), "large_feature_map": bool(self.cfg.model.large_feature_map),
             "surgery": self.cfg.model.surgery,
             "class_names": list(self.model.class_names) if self.model.class_names else None,
-            "data_config": _plain(self.model.data_config), "config": self.cfg.to_dict(),
+            "data_config": plain(self.model.data_config), "config": self.cfg.to_dict(),
         }
 
 
@@ -233,24 +234,6 @@ class _CosineFactor:
             return (step + 1) / self.warmup
         t = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def _plain_json(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain_json(v) for v in obj]
-    if isinstance(obj, (np.generic, Tensor)):
-        return obj.item()
-    return obj
 
 
 def flat_metrics(result: dict[str, Any], spec: str) -> dict[str, float]:

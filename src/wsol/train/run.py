@@ -30,7 +30,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
 from wsol.errors import WSOLError
-from wsol.files import read_checkpoint, write_json
+from wsol.files import plain, read_checkpoint, write_json
 from wsol.models import WSOLClassifier, build_model
 from wsol.train.config import TrainConfig
 from wsol.train.data import WSOLDataModule
@@ -259,7 +259,7 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, callbacks: 
         if finalize is not None:
             finalize(summary, chosen)
         if "test" in summary:
-            write_json(out / "test_metrics.json", _jsonable({**summary, "config": config.to_dict()}))
+            write_json(out / "test_metrics.json", {**summary, "config": config.to_dict()})
     return summary
 
 
@@ -286,7 +286,7 @@ def evaluate_module(config: TrainConfig, module: WSOLModule, datamodule: WSOLDat
     if "test" not in module.results and json_out is not None and Path(json_out).is_file():
         return json.loads(Path(json_out).read_text(encoding="utf-8"))  # ran in spawned processes
     # the same plain JSON types (string keys) whether the results come from this process or from rank 0's file
-    return json.loads(json.dumps(_jsonable(module.results.get("test", {}))))
+    return plain(module.results.get("test", {}))
 
 
 def evaluate(config: TrainConfig, checkpoint: str | Path, *, split: str = "test",
@@ -357,15 +357,3 @@ def load_checkpoint_model(path: str | Path, map_location: str | torch.device = "
                 dc[key] = tuple(dc[key])
         model.data_config.update(dc)
     return model.to(map_location).eval()
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    return obj
