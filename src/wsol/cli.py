@@ -221,6 +221,7 @@ def localize(
     device: str = typer.Option("auto", help="auto (CUDA if available), cpu, cuda, cuda:1..."),
     workers: int | None = typer.Option(None, help="DataLoader decoding workers (default: CPUs - 1, at most 4)."),
     save_maps: bool = typer.Option(False, "--save-maps", help="Also write maps/<image>.npy at the original size."),
+    crf: bool = typer.Option(False, "--crf", help="Refine each map against its image with a dense CRF first."),
     metadata: Path | None = typer.Option(None, help="A WSOL metadata split folder (GT-known score maps mode)."),
     data_root: Path | None = typer.Option(None, help="With --metadata: the images' root folder."),
     scoremaps: Path | None = typer.Option(None, help="With --metadata: write <image_id>.npy 224 x 224 maps here."),
@@ -267,7 +268,7 @@ def localize(
         raise WSOLError("--out DIR is required")
     options = LocalizeOptions(method=method, target=target, threshold=threshold, percentile=percentile, boxes=boxes,
                               image_size=image_size, batch_size=batch_size, device=device, save_maps=save_maps,
-                              workers=workers)
+                              workers=workers, crf=crf)
     options.check()  # wrong options fail before the model loads
     net = load_model(model, checkpoint)
     summary = localize_images(paths, out, net, options, quiet=quiet,

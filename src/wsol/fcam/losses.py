@@ -37,6 +37,7 @@ from torch import Tensor
 
 from wsol.errors import WSOLError
 from wsol.fcam.sampling import IGNORE
+from wsol.localize.crf import bilateral_features, dense_gaussian_filter
 
 
 # ---------------------------------------------------------------------------------------------- pCE
@@ -48,36 +49,6 @@ def partial_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- CRF
-def bilateral_features(image: Tensor, sigma_rgb: float, sigma_xy: float, downsample: int = 1) -> Tensor:
-    """Scaled features (B, N, 5) ``[x / sigma_xy, y / sigma_xy, rgb / sigma_rgb]`` of a raw image (B, 3, H, W)
-    average-pooled by ``downsample`` (positions = block centres in input pixels)."""
-    if image.ndim != 4 or image.shape[1] != 3:
-        raise WSOLError(f"CRF loss: image must be (B, 3, H, W), got shape {tuple(image.shape)}")
-    s = int(downsample)
-    img = F.avg_pool2d(image.float(), s, s, ceil_mode=True) if s > 1 else image.float()
-    b, _, h, w = img.shape
-    ys = (torch.arange(h, device=img.device, dtype=img.dtype) * s + (s - 1) / 2) / sigma_xy
-    xs = (torch.arange(w, device=img.device, dtype=img.dtype) * s + (s - 1) / 2) / sigma_xy
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    pos = torch.stack([xx, yy], -1).reshape(1, h * w, 2).expand(b, -1, -1)
-    rgb = img.flatten(2).transpose(1, 2) / sigma_rgb
-    return torch.cat([pos, rgb], dim=2)
-
-
-def dense_gaussian_filter(features: Tensor, values: Tensor, chunk: int = 2048) -> Tensor:
-    """``A @ values`` with ``A_ij = exp(-|f_i - f_j|^2 / 2)`` computed exactly, in row chunks.
-
-    ``features`` (B, N, D), ``values`` (B, N, K) -> (B, N, K). Memory O(B x chunk x N).
-    """
-    out = torch.empty_like(values)
-    sq = (features * features).sum(-1)
-    for start in range(0, features.shape[1], chunk):
-        f = features[:, start:start + chunk]
-        d2 = sq[:, start:start + chunk, None] + sq[:, None, :] - 2 * f @ features.transpose(1, 2)
-        out[:, start:start + chunk] = torch.exp(-0.5 * d2.clamp_min(0)) @ values
-    return out
-
-
 class _DenseCRFEnergy(torch.autograd.Function):
     """``sum_b sum_k S_k^T A S_k`` with the gradient ``2 A S`` (A symmetric) from the forward's ``A S``."""
 

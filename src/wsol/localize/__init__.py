@@ -9,9 +9,10 @@ from wsol.localize.boxes import (
     to_uint8,
     trace_boxes,
 )
+from wsol.localize.crf import crf_refine
 from wsol.localize.maps import check_score_map, minmax_normalize, resize_map, resize_maps, to_score_maps
 
 __all__ = [
-    "box_iou", "boxes_from_map", "check_score_map", "contour_boxes", "mask_from_map", "minmax_normalize",
+    "box_iou", "boxes_from_map", "check_score_map", "contour_boxes", "crf_refine", "mask_from_map", "minmax_normalize",
     "resize_map", "resize_maps", "threshold_value", "to_score_maps", "to_uint8", "trace_boxes",
 ]

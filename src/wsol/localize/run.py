@@ -39,6 +39,7 @@ from wsol.data.images import find_image_files, read_image
 from wsol.errors import WSOLError
 from wsol.files import read_checkpoint, save_npy, write_text
 from wsol.localize.boxes import boxes_from_map, mask_from_map
+from wsol.localize.crf import crf_refine
 from wsol.localize.maps import minmax_normalize, resize_map, to_score_maps
 
 DISPLAY_SIZE = 512  # longest side of overlays and of the map boxes are traced on
@@ -180,6 +181,7 @@ class LocalizeOptions:
     device: str = "auto"
     save_maps: bool = False
     workers: int | None = None
+    crf: bool = False  # refine each map against its image with a dense CRF (Bae et al.) before the boxes
 
     def check(self) -> None:
         if not 0 <= self.threshold <= 1:
@@ -444,6 +446,7 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.devic
 def _run_config(options: LocalizeOptions, model: nn.Module, checkpoint: str | None) -> dict[str, Any]:
     return {"model": getattr(model, "name", type(model).__name__), "checkpoint": checkpoint,
             "method": options.method, "target": str(options.target), "threshold": options.threshold,
+            "crf": options.crf,
             "percentile": options.percentile, "boxes": options.boxes, "image_size": options.image_size}
 
 
@@ -501,6 +504,9 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
             dh, dw = display.shape[:2]
             raw = result.maps[row]
             score = minmax_normalize(resize_map(raw, (dw, dh)))
+            if options.crf:
+                score = crf_refine(torch.from_numpy(display).permute(2, 0, 1)[None].float(),
+                                   torch.from_numpy(score)[None])[0].numpy()
             boxes = boxes_with_scores(score, options.threshold, options.percentile, options.boxes, (width, height))
             k = int(result.targets[row])
             prob = float(result.probs[row, k])
