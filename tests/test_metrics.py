@@ -9,7 +9,16 @@ import torch
 from protocol_oracle import oracle_box_accuracy, oracle_boxes, oracle_pxap
 from scoremap_cases import benchmark_set, corner_case_maps, random_gt_boxes, smooth_map
 from wsol.errors import WSOLError
-from wsol.localize import box_iou, boxes_from_map, contour_boxes, minmax_normalize, to_score_maps
+from wsol.localize import (
+    box_iou,
+    boxes_from_map,
+    boxes_from_maps,
+    contour_boxes,
+    mask_from_map,
+    masks_from_maps,
+    minmax_normalize,
+    to_score_maps,
+)
 from wsol.metrics import BoxAccuracy, PixelAP, threshold_hits, threshold_list
 from wsol.metrics._kernels import pixel_histograms
 
@@ -234,3 +243,14 @@ def test_pixel_bins_equal_numpy_histogram_at_and_around_every_edge(interval):
                                         np.zeros((0, 0, 0), bool), metric.edges, interval)
     np.testing.assert_array_equal(counts[0], np.histogram(values, bins=metric.edges)[0])
     assert not counts[1].any() and not problems.any()
+
+
+@pytest.mark.parametrize(("threshold", "reference"), [(0.2, 100), (0.5, 100), (0.35, 90), (0.9, 50)])
+def test_batched_masks_and_boxes_equal_the_per_map_ones(threshold, reference):
+    maps, _ = benchmark_set(12, seed=9, size=64)
+    maps = np.stack(maps)
+    masks = masks_from_maps(maps, threshold, reference)
+    boxes = boxes_from_maps(maps, threshold, reference, "all")
+    for i, score_map in enumerate(maps):
+        np.testing.assert_array_equal(masks[i], mask_from_map(score_map, threshold, reference))
+        np.testing.assert_array_equal(boxes[i], boxes_from_map(score_map, threshold, reference, "all"))

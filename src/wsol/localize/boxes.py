@@ -97,3 +97,19 @@ def boxes_from_map(score_map: np.ndarray, threshold: float = 0.2, reference: flo
 def mask_from_map(score_map: np.ndarray, threshold: float = 0.2, reference: float = 100.0) -> np.ndarray:
     """The foreground (bool) that :func:`boxes_from_map` draws its boxes around."""
     return to_uint8(score_map) > threshold_value(score_map, threshold, reference)
+
+
+def masks_from_maps(score_maps: np.ndarray, threshold: float = 0.2, reference: float = 100.0) -> np.ndarray:
+    """:func:`mask_from_map` of a batch (B, H, W) at once: bool (B, H, W)."""
+    u8 = to_uint8(score_maps)
+    flat = u8.reshape(len(u8), -1)
+    ref = flat.max(1) if reference >= 100 else np.percentile(flat, reference, axis=1)
+    cuts = (threshold * ref).astype(np.int64)  # int() of a non-negative float, per map
+    return u8 > cuts[:, None, None]
+
+
+def boxes_from_maps(score_maps: np.ndarray, threshold: float = 0.2, reference: float = 100.0,
+                    components: Components = "largest") -> list[np.ndarray]:
+    """:func:`boxes_from_map` of a batch (B, H, W): one (n_i, 4) array per map."""
+    masks = masks_from_maps(score_maps, threshold, reference)
+    return [contour_boxes(mask.view(np.uint8), components) for mask in masks]
