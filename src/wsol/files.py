@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,6 +83,9 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", map_location: st
         raise WSOLError(f"{path}: {what} file not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a user-facing error
+    except pickle.UnpicklingError:
+        raise WSOLError(f"{path}: cannot read {what}: not a PyTorch file, or one that pickles code "
+                        "(only plain tensors and data load, with weights_only=True)") from None
+    except Exception as exc:  # noqa: BLE001 - any other loading failure is a user-facing error
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WSOLError(f"{path}: cannot read {what} ({type(exc).__name__}: {reason[:200]})") from None
