@@ -74,42 +74,41 @@ def contour_boxes(foreground: np.ndarray, components: Components = "all") -> np.
     return boxes[largest:largest + 1] if components == "largest" else boxes
 
 
-def threshold_value(score_map: np.ndarray, threshold: float, reference: float = 100.0) -> int:
-    """The integer cut on the uint8 map: ``int(threshold * R)`` with R the ``reference`` percentile of it.
+def threshold_values(score_maps: np.ndarray, threshold: float, reference: float = 100.0) -> np.ndarray:
+    """The integer cut of each map of a batch (B, H, W): ``int(threshold * R)`` with R the ``reference``
+    percentile of its uint8 map.
 
     ``reference = 100`` is the max (the classic rule and the evaluation protocol); a lower value is the
     percentile-as-standard (PaS) rule of Bae et al. (e.g. ``threshold = 0.35, reference = 90``).
     """
-    u8 = to_uint8(score_map)
-    ref = u8.max() if reference >= 100 else np.percentile(u8, reference)
-    return int(threshold * ref)
+    flat = to_uint8(score_maps).reshape(len(score_maps), -1)
+    ref = flat.max(1) if reference >= 100 else np.percentile(flat, reference, axis=1)
+    return (threshold * ref).astype(np.int64)  # int() of a non-negative float, per map
 
 
-def boxes_from_map(score_map: np.ndarray, threshold: float = 0.2, reference: float = 100.0,
-                   components: Components = "largest") -> np.ndarray:
-    """Boxes (n, 4) of one score map in [0, 1] at ``threshold`` (see :func:`threshold_value`)."""
-    u8 = to_uint8(score_map)
-    cut = threshold_value(score_map, threshold, reference)
-    foreground = (u8 > cut).astype(np.uint8)
-    return contour_boxes(foreground, components)
-
-
-def mask_from_map(score_map: np.ndarray, threshold: float = 0.2, reference: float = 100.0) -> np.ndarray:
-    """The foreground (bool) that :func:`boxes_from_map` draws its boxes around."""
-    return to_uint8(score_map) > threshold_value(score_map, threshold, reference)
+def threshold_value(score_map: np.ndarray, threshold: float, reference: float = 100.0) -> int:
+    """:func:`threshold_values` of one map."""
+    return int(threshold_values(np.asarray(score_map)[None], threshold, reference)[0])
 
 
 def masks_from_maps(score_maps: np.ndarray, threshold: float = 0.2, reference: float = 100.0) -> np.ndarray:
-    """:func:`mask_from_map` of a batch (B, H, W) at once: bool (B, H, W)."""
-    u8 = to_uint8(score_maps)
-    flat = u8.reshape(len(u8), -1)
-    ref = flat.max(1) if reference >= 100 else np.percentile(flat, reference, axis=1)
-    cuts = (threshold * ref).astype(np.int64)  # int() of a non-negative float, per map
-    return u8 > cuts[:, None, None]
+    """Foregrounds (bool, B x H x W) of a batch: ``u8 > cut`` per map (see :func:`threshold_values`)."""
+    return to_uint8(score_maps) > threshold_values(score_maps, threshold, reference)[:, None, None]
+
+
+def mask_from_map(score_map: np.ndarray, threshold: float = 0.2, reference: float = 100.0) -> np.ndarray:
+    """The foreground (bool) of one map, that :func:`boxes_from_map` draws its boxes around."""
+    return masks_from_maps(np.asarray(score_map)[None], threshold, reference)[0]
 
 
 def boxes_from_maps(score_maps: np.ndarray, threshold: float = 0.2, reference: float = 100.0,
                     components: Components = "largest") -> list[np.ndarray]:
-    """:func:`boxes_from_map` of a batch (B, H, W): one (n_i, 4) array per map."""
+    """Boxes of each map of a batch (B, H, W): one (n_i, 4) array per map, ``(0, 0, 0, 0)`` if empty."""
     masks = masks_from_maps(score_maps, threshold, reference)
     return [contour_boxes(mask.view(np.uint8), components) for mask in masks]
+
+
+def boxes_from_map(score_map: np.ndarray, threshold: float = 0.2, reference: float = 100.0,
+                   components: Components = "largest") -> np.ndarray:
+    """Boxes (n, 4) of one score map in [0, 1] at ``threshold`` (see :func:`threshold_values`)."""
+    return contour_boxes(mask_from_map(score_map, threshold, reference).view(np.uint8), components)

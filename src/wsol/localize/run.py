@@ -38,7 +38,7 @@ from wsol.cams import compute_cams, get_method
 from wsol.data.images import find_image_files, read_image
 from wsol.errors import WSOLError
 from wsol.files import read_checkpoint, save_npy, write_text
-from wsol.localize.boxes import boxes_from_map, mask_from_map
+from wsol.localize.boxes import contour_boxes, mask_from_map
 from wsol.localize.crf import crf_refine
 from wsol.localize.maps import minmax_normalize, resize_map, to_score_maps
 
@@ -360,9 +360,10 @@ def boxes_with_scores(score_map: np.ndarray, threshold: float, percentile: float
                       size: tuple[int, int]) -> list[dict[str, Any]]:
     """Boxes of ``score_map`` in the pixels of an image of ``size = (W, H)``, each with the mean map value
     inside it, largest first; an empty foreground gives no box (not the protocol's ``(0, 0, 0, 0)``)."""
-    if not mask_from_map(score_map, threshold, percentile).any():
+    foreground = mask_from_map(score_map, threshold, percentile)
+    if not foreground.any():
         return []
-    boxes = boxes_from_map(score_map, threshold, percentile, components)  # type: ignore[arg-type]
+    boxes = contour_boxes(foreground.view(np.uint8), components)  # type: ignore[arg-type]
     h, w = score_map.shape
     out = []
     for (x0, y0, x1, y1), big in zip(boxes, scale_boxes(boxes, (w, h), size)):

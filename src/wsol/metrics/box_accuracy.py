@@ -57,10 +57,11 @@ def threshold_hits(score_map: np.ndarray, gt_boxes: np.ndarray, thresholds: np.n
     num_components, components_passing, any_passing = sweep_levels(u8, needed, gt, criteria)
     passing = components_passing[:, -1]
     largest = passing == num_components
+    row_max, col_max = u8.max(1), u8.max(0)
     for cut in np.flatnonzero(needed & (passing > 0) & (passing < num_components)):
         # the components disagree, so which one is the largest decides: trace it as OpenCV does
-        rows = np.flatnonzero(u8.max(1) > cut)
-        cols = np.flatnonzero(u8.max(0) > cut)
+        rows = np.flatnonzero(row_max > cut)
+        cols = np.flatnonzero(col_max > cut)
         crop = u8[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
         boxes, index = trace_boxes((crop > cut).view(np.uint8), (cols[0], rows[0]), (u8.shape[1], u8.shape[0]))
         largest[cut] = box_iou(boxes[index:index + 1], gt).max() >= largest_criterion
