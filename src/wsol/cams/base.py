@@ -129,6 +129,18 @@ def capture_output(layer: nn.Module) -> Iterator[_Capture]:
         handle.remove()
 
 
+def forward_target_weights(model: nn.Module, x: Tensor,
+                           explicit: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One forward pass without autograd: ``(F, logits, targets, W_k, b_k)`` with the folded weights of each
+    image's target class (the CAM-family methods' common start)."""
+    with torch.no_grad():
+        f = model.features(x)
+        logits = model.logits_from_features(f)
+        tgt = pick_targets(explicit, logits)
+        w, b = target_weights(model, f, tgt)
+    return f, logits, tgt, w, b
+
+
 def target_weights(model: nn.Module, f: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Folded class weights of the target class: ``W_k`` (B, C) and ``b_k`` (B,)."""
     w, b = model.class_weights(f)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wsol.cams.base import CAMMethod, pick_targets, target_weights
+from wsol.cams.base import CAMMethod, forward_target_weights
 
 
 class CAM(CAMMethod):
@@ -27,11 +27,8 @@ class CAM(CAMMethod):
         self.include_bias = include_bias
 
     def compute(self, model: nn.Module, x: Tensor, explicit: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        f, logits, tgt, w, b = forward_target_weights(model, x, explicit)
         with torch.no_grad():
-            f = model.features(x)
-            logits = model.logits_from_features(f)
-            tgt = pick_targets(explicit, logits)
-            w, b = target_weights(model, f, tgt)
             if self.nwc:
                 w = w.clamp_min(0)
             maps = torch.einsum("bc,bchw->bhw", w.to(f.dtype), f)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wsol.cams.base import CAMMethod, frame_is_on, pick_targets, target_weights
+from wsol.cams.base import CAMMethod, forward_target_weights, frame_is_on
 
 
 def orient_by_max_abs(v: Tensor) -> Tensor:
@@ -45,10 +45,7 @@ class PC1(CAMMethod):
     name = "pc1"
 
     def compute(self, model: nn.Module, x: Tensor, explicit: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        f, logits, tgt, w, _ = forward_target_weights(model, x, explicit)
         with torch.no_grad():
-            f = model.features(x)
-            logits = model.logits_from_features(f)
-            tgt = pick_targets(explicit, logits)
-            w, _ = target_weights(model, f, tgt)
             maps = pc1_maps(f, w)
         return maps, logits, tgt
