@@ -8,6 +8,7 @@ from wsol.localize.boxes import (
     mask_from_map,
     masks_from_maps,
     threshold_value,
+    threshold_values,
     to_uint8,
     trace_boxes,
 )
@@ -17,5 +18,6 @@ from wsol.localize.maps import check_score_map, minmax_normalize, resize_map, re
 __all__ = [
     "box_iou", "boxes_from_map", "boxes_from_maps", "check_score_map", "contour_boxes", "crf_refine",
     "mask_from_map", "masks_from_maps", "minmax_normalize", "resize_map", "resize_maps", "threshold_value",
+    "threshold_values",
     "to_score_maps", "to_uint8", "trace_boxes",
 ]
