@@ -91,3 +91,55 @@ def test_find_images_sorted_recursive_and_explicit_files(tmp_path):
     )
     with pytest.raises(WSOLError, match="missing"):
         find_images(tmp_path / "missing")
+
+
+def _photo(tmp_path, name: str, size=(333, 250)):
+    from wsol.samples import SAMPLES
+
+    image = Image.fromarray(SAMPLES["chelsea_cat.png"]()).convert("RGB").resize(size)
+    image.save(tmp_path / name, quality=92) if name.endswith(".jpg") else image.save(tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("name", ["cat.jpg", "cat.png"])
+def test_exact_source_and_batch_normalisation_equal_the_eval_transform(tmp_path, name):
+    """The split path of `wsol localize` feeds the model bit for bit what `wsol train` evaluates on."""
+    import torch
+
+    from wsol.data.transforms import eval_transform, normalize_batch
+    from wsol.localize.run import ImageSource, collate_images
+
+    path = _photo(tmp_path, name)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    batch = collate_images([ImageSource([path], 224, "bilinear", display_size=0, exact=True)[0]])
+    got = normalize_batch(batch["images"], mean, std)
+    want = eval_transform(224, mean, std)(load_image(path))[None]
+    assert got.shape == want.shape == (1, 3, 224, 224)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(("size", "mean_diff"), [((1200, 800), 0.05), ((2400, 1600), 0.3)],
+                         ids=["full-decode", "half-scale-draft"])
+def test_fast_source_is_pil_up_to_rounding_and_keeps_the_aspect_for_display(tmp_path, size, mean_diff):
+    from wsol.localize.run import ImageSource
+
+    path = _photo(tmp_path, "wide.jpg", size=size)
+    item = ImageSource([path], 224, "bicubic", display_size=512)[0]
+    assert (item["width"], item["height"]) == size
+    assert item["display"].shape == (341, 512, 3) and item["display"].dtype == np.uint8  # 800 * 512 / 1200
+    assert item["image"].shape == (224, 224, 3)
+    # PIL's bicubic on the full decode (what timm's pipeline does) vs torchvision's uint8 kernels on the
+    # decode at the largest DCT scale that keeps 512 px (the 2400 x 1600 JPEG decodes at 1200 x 800)
+    pil = np.asarray(load_image(path).resize((224, 224), Image.Resampling.BICUBIC), dtype=np.float64)
+    diff = np.abs(item["image"].numpy().astype(np.float64) - pil)
+    assert diff.mean() < mean_diff and diff.max() <= 2
+
+
+def test_default_workers_leave_the_cpu_to_the_model():
+    import torch
+
+    from wsol.localize.run import default_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert [default_workers(cpu, n) for n in (1, 2, 3, 4, 8, 16, 64)] == [0, 0, 0, 1, 2, 4, 4]
+    assert [default_workers(gpu, n) for n in (1, 2, 3, 8)] == [1, 1, 2, 4]

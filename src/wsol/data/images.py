@@ -155,7 +155,8 @@ def read_image(path: str | Path, draft_size: int | None = None) -> tuple[Image.I
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
-            image = ImageOps.exif_transpose(image) or image
+            if orientation != 1:  # exif_transpose copies the image even when there is nothing to do
+                image = ImageOps.exif_transpose(image) or image
             rgb, note = _to_rgb(image)
         except WSOLError:
             raise

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,14 +34,18 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2.functional import resize
 
 from wsol.cams import compute_cams, get_method
 from wsol.data.images import find_image_files, read_image
+from wsol.data.transforms import normalize_batch
 from wsol.errors import WSOLError
 from wsol.files import read_checkpoint, save_npy, write_text
 from wsol.localize.boxes import contour_boxes, mask_from_map
 from wsol.localize.crf import crf_refine
 from wsol.localize.maps import minmax_normalize, resize_map, to_score_maps
+from wsol.models.inference import inference_copy
 
 DISPLAY_SIZE = 512  # longest side of overlays and of the map boxes are traced on
 
@@ -51,25 +56,29 @@ def display_shape(width: int, height: int, limit: int = DISPLAY_SIZE) -> tuple[i
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-_INTERP = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-           "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
-
-
 class ImageSource(Dataset):
-    """Decodes images for localization: each item is a dict with ``index``, the normalised ``image``
-    (3, S, S) (the whole image resized to S x S, no crop, so maps cover the whole image), the original
+    """Decodes images for localization: each item is a dict with ``index``, the model input ``image`` as an
+    (S, S, 3) uint8 tensor (the whole image resized to S x S, no crop, so maps cover the whole image; batches
+    are normalised on the device by :func:`wsol.data.transforms.normalize_batch`), the original
     ``width``/``height``, a ``display`` RGB uint8 array (longest side <= ``display_size``; None when
-    ``display_size`` is 0) and ``note``; or ``{"index", "error"}`` when the file cannot be used."""
+    ``display_size`` is 0) and ``note``; or ``{"index", "error"}`` when the file cannot be used.
 
-    def __init__(self, files: Sequence[str | Path], image_size: int = 224, mean: Sequence[float] = (0.5,) * 3,
-                 std: Sequence[float] = (0.5,) * 3, interpolation: str = "bicubic",
-                 display_size: int = DISPLAY_SIZE) -> None:
+    ``exact=True`` reproduces the WSOL reference's preprocessing bit for bit (a full decode and PIL's
+    resize, as :func:`wsol.data.transforms.eval_transform`): used for score maps that get evaluated.
+    ``exact=False`` is for browsing photos: large JPEGs decode at a reduced DCT scale and both resizes are
+    torchvision's antialiased uint8 kernels (vectorised; PIL's filters up to the rounding of a few grey
+    levels), about 2.5x cheaper per image.
+    """
+
+    def __init__(self, files: Sequence[str | Path], image_size: int = 224, interpolation: str = "bicubic",
+                 display_size: int = DISPLAY_SIZE, exact: bool = False) -> None:
         self.files = [Path(f) for f in files]
         self.image_size = int(image_size)
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1) * 255
-        self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1) * 255
-        self.resample = _INTERP.get(interpolation, Image.Resampling.BICUBIC)
+        if interpolation not in _PIL_RESAMPLE:
+            raise WSOLError(f"interpolation must be one of {sorted(_PIL_RESAMPLE)}, got {interpolation!r}")
+        self.interpolation = interpolation
         self.display_size = int(display_size)
+        self.exact = exact
 
     def __len__(self) -> int:
         return len(self.files)
@@ -77,23 +86,46 @@ class ImageSource(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.files[index]
         try:
-            draft = max(self.image_size, self.display_size)
+            draft = None if self.exact else max(self.image_size, self.display_size)
             image, width, height, note = read_image(path, draft_size=draft)
             s = self.image_size
-            model_in = image.resize((s, s), self.resample, reducing_gap=3.0)
-            array = np.asarray(model_in, dtype=np.float32).transpose(2, 0, 1)
-            tensor = torch.from_numpy((array - self.mean) / self.std)
+            pixels = _readonly_tensor(image)
+            if self.exact:
+                model_in = torch.from_numpy(np.array(image.resize((s, s), _PIL_RESAMPLE[self.interpolation])))
+            else:
+                model_in = _resize_uint8(pixels, (s, s), self.interpolation)
             display = None
             if self.display_size:
-                dw, dh = display_shape(width, height, self.display_size)
-                shown = image if image.size == (dw, dh) else image.resize((dw, dh), Image.Resampling.BILINEAR,
-                                                                          reducing_gap=2.0)
-                display = np.asarray(shown, dtype=np.uint8)
+                shape = display_shape(width, height, self.display_size)
+                display = _resize_uint8(pixels, shape, "bilinear").numpy()
         except WSOLError as exc:
             return {"index": index, "error": str(exc).removeprefix(f"{path}: ")}
         except Exception as exc:  # noqa: BLE001 - never kill a long run for one file
             return {"index": index, "error": f"{type(exc).__name__}: {exc}"}
-        return {"index": index, "image": tensor, "width": width, "height": height, "display": display, "note": note}
+        return {"index": index, "image": model_in.contiguous(), "width": width,
+                "height": height, "display": display, "note": note}
+
+
+_PIL_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                 "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+def _readonly_tensor(image: Image.Image) -> Tensor:
+    """The pixels of an RGB PIL image as an (H, W, 3) uint8 tensor, without a copy; only ever read."""
+    with warnings.catch_warnings():  # numpy's view of a PIL image is read-only; torch warns about that
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(image))
+
+
+def _resize_uint8(image: Tensor, size: tuple[int, int], interpolation: str) -> Tensor:
+    """An (H, W, 3) uint8 image resized to ``size = (width, height)`` with torchvision's antialiased uint8
+    kernels (lanczos, which they lack, falls back to bicubic); the image itself when the size matches."""
+    w, h = size
+    if tuple(image.shape[:2]) == (h, w):
+        return image
+    mode = {"bilinear": InterpolationMode.BILINEAR, "nearest": InterpolationMode.NEAREST}.get(
+        interpolation, InterpolationMode.BICUBIC)
+    return resize(image.permute(2, 0, 1), [h, w], interpolation=mode, antialias=True).permute(1, 2, 0)
 
 
 def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -125,10 +157,21 @@ class BatchResult:
 Writer = Callable[[BatchResult], Any]  # called in a worker thread; returns records or None
 
 
+def preprocessing(model: nn.Module) -> dict[str, Any]:
+    """The model's input size, interpolation, mean and std (its ``data_config``; mean = std = 0.5 and 224
+    bicubic when it has none)."""
+    cfg = getattr(model, "data_config", None) or {}
+    return {"size": int(cfg.get("input_size", (3, 224, 224))[-1]),
+            "interpolation": str(cfg.get("interpolation", "bicubic")),
+            "mean": tuple(cfg.get("mean", (0.5,) * 3)), "std": tuple(cfg.get("std", (0.5,) * 3))}
+
+
 def run_model(model: nn.Module, batch: dict[str, Any], method: str, targets: Any, device: torch.device,
               method_options: dict[str, Any] | None = None) -> BatchResult:
-    """CAMs of one collated batch on ``device``; ``targets`` as for :func:`wsol.cams.compute_cams`."""
-    images = batch["images"].to(device, non_blocking=True)
+    """CAMs of one collated batch (uint8 images, normalised here on ``device`` with the model's mean and
+    std); ``targets`` as for :func:`wsol.cams.compute_cams`."""
+    prep = preprocessing(model)
+    images = normalize_batch(batch["images"].to(device, non_blocking=True), prep["mean"], prep["std"])
     out = compute_cams(model, images, targets, method, **(method_options or {}))
     probs = out.logits.float().softmax(1)
     return BatchResult(batch, out.maps.float().cpu().numpy(), probs.cpu(), out.targets.cpu(), out.logits.cpu())
@@ -432,8 +475,15 @@ class Progress:
             self.bar.stop()
 
 
-def _default_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+def default_workers(device: torch.device, cpus: int | None = None) -> int:
+    """Decoding workers when none are asked for. On a GPU: CPUs - 1, at most 4. On the CPU the model's
+    forward pass already keeps every core busy, and a worker process that takes a core from it stalls its
+    threads at every synchronisation: on 2 cores, 1 worker ran 20 % slower than decoding between batches
+    in the main process (``benchmarks/bench_localize.py --workers``). So none up to 3 CPUs, then one per 4."""
+    cpus = cpus or os.cpu_count() or 2
+    if device.type == "cpu":
+        return 0 if cpus < 4 else min(4, cpus // 4)
+    return max(1, min(4, cpus - 1))
 
 
 def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
@@ -466,8 +516,8 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
     if out.exists() and not out.is_dir():
         raise WSOLError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    cfg = model.data_config if hasattr(model, "data_config") else {}
-    size = options.image_size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    prep = preprocessing(model)
+    size = options.image_size or prep["size"]
     options.image_size = size
     config = _run_config(options, model, checkpoint)
     config_path = out / "run.json"
@@ -489,10 +539,9 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
     summary.resumed = len(found.keys) - len(todo)
     files = [found.files[i] for i in todo]
     keys = [found.keys[i] for i in todo]
-    dataset = ImageSource(files, size, cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3),
-                          str(cfg.get("interpolation", "bicubic")), DISPLAY_SIZE)
-    workers = _default_workers() if options.workers is None else options.workers
-    model = model.to(device).eval()
+    dataset = ImageSource(files, size, prep["interpolation"], DISPLAY_SIZE)
+    workers = default_workers(device) if options.workers is None else options.workers
+    model = inference_copy(model, device)  # batch norms folded, channels-last on the CPU; the caller's is kept
     from wsol.report.overlay import OVERLAY_SUFFIX, label_text, write_overlay
 
     def write(result: BatchResult) -> list[dict[str, Any]]:
@@ -595,14 +644,13 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
     if scoremap_dir is not None and not evaluate:
         ids = [i for i in ids if not (Path(scoremap_dir) / f"{i}.npy").is_file()]
     summary = Summary(resumed=len(meta.image_ids) - len(ids))
-    cfg = getattr(model, "data_config", {})
-    dataset = ImageSource([root / i for i in ids], image_size, cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3),
-                          "bilinear", display_size=0)
+    # the reference's eval pipeline, bit for bit: full decode, PIL bilinear to (S, S), ToTensor, Normalize
+    dataset = ImageSource([root / i for i in ids], image_size, "bilinear", display_size=0, exact=True)
     labels = torch.tensor([meta.labels[i] for i in ids], dtype=torch.long)
     gt_boxes = meta.resized_boxes(224) if (evaluate and meta.has_boxes) else None
     box_metric = BoxAccuracy(cam_curve_interval, iou_thresholds) if gt_boxes is not None else None
     pixel_metric = PixelAP(cam_curve_interval) if use_masks else None
-    model = model.to(dev).eval()
+    model = model.to(dev).eval()  # as `wsol train` evaluates it, so the numbers reproduce its test run
 
     def write(result: BatchResult) -> None:
         batch_ids = [ids[i] for i in result.batch["indices"]]
@@ -629,7 +677,7 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
     try:
         if ids:
             # one writer thread: metric updates are not thread-safe
-            localize_loader(model, _loader(dataset, batch_size, _default_workers() if workers is None else workers,
+            localize_loader(model, _loader(dataset, batch_size, default_workers(dev) if workers is None else workers,
                                            dev), write, method=method,
                             targets=lambda b: labels[b["indices"]], device=dev, on_batch=on_batch, threads=1)
     finally:

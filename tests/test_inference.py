@@ -1,0 +1,118 @@
+"""Inference copies (batch norms folded into convolutions, channels-last) and the process-wide malloc tuning."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from wsol.models import EMBEDDED_MODEL, build_model
+from wsol.models.inference import fold_batchnorms, inference_copy
+
+
+def _norms(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
+
+
+def test_embedded_model_folds_every_norm_and_keeps_its_outputs() -> None:
+    model = build_model(EMBEDDED_MODEL, pretrained=True).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert _norms(model.backbone) == 49  # stem + 16 blocks (2 or 3 each) + head, all after a convolution
+    fast = inference_copy(model, torch.device("cpu"))
+    assert _norms(fast.backbone) == 0
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = model(x), fast(x)
+        f_want, f_got = model.features(x), fast.features(x)
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-5)
+    assert torch.allclose(f_got, f_want, atol=1e-4, rtol=1e-5)  # the maps' features too, not only logits
+    assert got.argmax(1).tolist() == want.argmax(1).tolist()
+    # the caller's model is untouched: same structure, same tensors
+    assert _norms(model.backbone) == 49
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_residual_network_with_nontrivial_statistics() -> None:
+    net = timm.create_model("resnet18", pretrained=False, num_classes=5)
+    gen = torch.Generator().manual_seed(1)
+    for m in net.modules():  # running statistics far from (0, 1) so that a wrong fold shows
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
+    net.eval()
+    folded = inference_copy(net, torch.device("cpu"))  # not a WSOLClassifier: nothing to fold
+    assert _norms(folded) == _norms(net) == 20
+    x = torch.randn(2, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        want = net(x)
+        assert fold_batchnorms(folded) == 20  # 17 convolutions + 3 downsample convolutions
+        assert torch.allclose(folded(x), want, atol=1e-4, rtol=1e-4)
+
+
+class _Shared(nn.Module):
+    """conv -> bn, but the conv's output is also used by the residual sum: must not be folded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.conv2, self.act, self.bn2 = nn.Conv2d(3, 3, 1), nn.ReLU(), nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + y + self.bn2(self.act(self.conv2(x)))  # bn2 follows a ReLU, not a conv
+
+
+class _Dynamic(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) if x.sum() > 0 else x  # data-dependent: not traceable
+
+
+@pytest.mark.parametrize("module", [_Shared(), _Dynamic()], ids=["shared-output", "untraceable"])
+def test_unsafe_or_untraceable_patterns_are_left_alone(module: nn.Module) -> None:
+    module.eval()
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        want = module(x)
+        assert fold_batchnorms(module) == 0
+        assert torch.equal(module(x), want)
+    assert _norms(module) == 2 if isinstance(module, _Shared) else 1
+
+
+_FAULTS = """
+import resource, sys, torch
+from wsol.runtime import tune_cpu_allocator
+tuned = tune_cpu_allocator()
+for i in range(30):
+    if i == 20:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(16 * 1024 * 1024).fill_(1.0)  # 64 MiB, allocated, touched and freed
+print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_tuned_allocator_stops_refaulting_freed_memory() -> None:
+    """64 MiB is 16384 pages: untuned, every allocation is a fresh mmap faulted in page by page; tuned, the
+    freed heap is reused (after glibc has grown it over the first few rounds), so the last 10 of 30 rounds
+    fault almost nothing."""
+
+    def faults(env: dict[str, str]) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True,
+                             env={**__import__("os").environ, **env}).stdout.split()
+        return out[0], int(out[1])
+
+    tuned, tuned_faults = faults({})
+    untuned, untuned_faults = faults({"WSOL_TUNE_MALLOC": "0"})
+    assert (tuned, untuned) == ("True", "False")
+    assert untuned_faults > 9 * 16384
+    assert tuned_faults < 16384 // 4
