@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -86,6 +87,8 @@ def main() -> None:
         t = time.time()
         generate(SynthConfig(), args.data, overwrite=True)
         print(f"generated {args.data} in {time.time() - t:.0f}s")
+        for config_path in args.configs:  # runs trained on the former data are stale
+            shutil.rmtree(args.out / config_path.stem, ignore_errors=True)
     rows = []
     seconds = {}
     for config_path in args.configs:

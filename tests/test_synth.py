@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import cv2
 import numpy as np
 import pytest
 
 from wsol.data.metadata import Metadata
-from wsol.data.synth import SynthConfig, generate
+from wsol.data.synth import SynthConfig, generate, render
 from wsol.errors import WSOLError
 
 TINY = SynthConfig(seed=3, num_classes=3, train_per_class=2, val_per_class=1, test_per_class=2,
@@ -74,6 +76,31 @@ def test_cli(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert len(Metadata.load(tmp_path / "s" / "metadata" / "test")) == 2
+    # every knob not given on the command line is the generator's own default
+    written = json.loads((tmp_path / "s" / "synth.json").read_text())["config"]
+    assert written == asdict(SynthConfig(num_classes=2, train_per_class=1, val_per_class=1, test_per_class=1,
+                                         max_side=128, min_side=96))
     bad = subprocess.run([sys.executable, "-c", "from wsol.cli import run; run()", "data", "synth", "--out",
                           str(tmp_path / "t"), "--set", "colour=red"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--set 'colour=red'" in bad.stderr
+
+
+@pytest.mark.parametrize("body_colour", ["independent", "head"])
+def test_body_colour_head_gives_the_body_the_heads_hue(body_colour):
+    """With no texture, noise or blur a body is one hue (shaded) and a head two tones of one hue: with
+    body_colour='head' the whole object is one hue; otherwise body and head hues are drawn apart."""
+    config = SynthConfig(body_colour=body_colour, head_cue="pattern", texture=0.0, noise=0.0, blur=0.0,
+                         distractors=0, headless_bodies=0, loose_head_prob=0.0, occlusion_prob=0.0)
+    spreads = []
+    for seed in range(6):
+        rgb, masks, _ = render(config, np.random.default_rng(seed), label=seed % config.num_classes)
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[masks[0]]
+        hue = hsv[hsv[:, 2] > 80, 0].astype(np.float64) * 2  # degrees; hue is noise on near-black pixels
+        hue = np.where(hue - np.median(hue) > 180, hue - 360, np.where(np.median(hue) - hue > 180, hue + 360, hue))
+        spreads.append(np.percentile(hue, 97) - np.percentile(hue, 3))
+    if body_colour == "head":
+        assert max(spreads) <= 6
+    else:
+        assert sum(s > 20 for s in spreads) >= 5
+    with pytest.raises(WSOLError, match="body_colour"):
+        SynthConfig(body_colour="plumage")

@@ -153,7 +153,7 @@ def test_config_errors(synth: Path, tmp_path: Path) -> None:
     with pytest.raises(WSOLError, match=r"optim\.lr='fast': expected a number"):
         load_config(None, ["optim.lr=fast"])
     config = load_config(None, tiny_overrides(synth, tmp_path / "x", **{"data.root": tmp_path}))
-    missing = r"00_stripes_h000_0000\.png: image file not found \(id .* in .*image_ids\.txt\)"
+    missing = r"00_checker_h000_0000\.png: image file not found \(id .* in .*image_ids\.txt\)"
     with pytest.raises(WSOLError, match=missing):
         train(config, quiet=True)
 

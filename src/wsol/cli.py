@@ -107,26 +107,29 @@ data_app = typer.Typer(help="Datasets: generate the synthetic WSOL benchmark.", 
 app.add_typer(data_app, name="data")
 
 
-def _synth_option(name: str, default):
-    from wsol.data.synth import KNOBS
+def _synth_option(name: str, flag: str | None = None):
+    """A `wsol data synth` option with the generator's own default and help (one source for both)."""
+    from wsol.data.synth import KNOBS, SynthConfig
 
-    return typer.Option(default, f"--{name.replace('_', '-')}", help=KNOBS[name])
+    return typer.Option(SynthConfig.__dataclass_fields__[name].default, flag or f"--{name.replace('_', '-')}",
+                        help=KNOBS[name])
 
 
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to create (images/, masks/, metadata/)."),
-    seed: int = _synth_option("seed", 0),
-    classes: int = typer.Option(4, "--classes", help="number of classes (head patterns/hues)"),
-    per_class_train: int = typer.Option(150, help="training images per class"),
-    per_class_val: int = typer.Option(10, help="fully annotated images per class (threshold/hyperparameter choice)"),
-    per_class_test: int = typer.Option(50, help="test images per class"),
-    part_size: float = _synth_option("part_size", 0.3),
-    max_objects: int = _synth_option("max_objects", 2),
-    distractors: int = _synth_option("distractors", 6),
-    headless_bodies: int = _synth_option("headless_bodies", 1),
-    head_cue: str = _synth_option("head_cue", "both"),
-    texture: float = _synth_option("texture", 0.5),
+    seed: int = _synth_option("seed"),
+    classes: int = _synth_option("num_classes", "--classes"),
+    per_class_train: int = _synth_option("train_per_class", "--per-class-train"),
+    per_class_val: int = _synth_option("val_per_class", "--per-class-val"),
+    per_class_test: int = _synth_option("test_per_class", "--per-class-test"),
+    part_size: float = _synth_option("part_size"),
+    max_objects: int = _synth_option("max_objects"),
+    distractors: int = _synth_option("distractors"),
+    headless_bodies: int = _synth_option("headless_bodies"),
+    head_cue: str = _synth_option("head_cue"),
+    body_colour: str = _synth_option("body_colour"),
+    texture: float = _synth_option("texture"),
     set_: list[str] = typer.Option([], "--set", help="Any other knob as KEY=VALUE (see wsol.data.synth.KNOBS)."),
     overwrite: bool = typer.Option(False, help="Replace an existing dataset folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -141,7 +144,8 @@ def data_synth(
     knobs = {f.name: f for f in dataclasses.fields(SynthConfig)}
     values = dict(seed=seed, num_classes=classes, train_per_class=per_class_train, val_per_class=per_class_val,
                   test_per_class=per_class_test, part_size=part_size, max_objects=max_objects,
-                  distractors=distractors, headless_bodies=headless_bodies, head_cue=head_cue, texture=texture)
+                  distractors=distractors, headless_bodies=headless_bodies, head_cue=head_cue,
+                  body_colour=body_colour, texture=texture)
     for item in set_:
         key, sep, raw = item.partition("=")
         if not sep or key not in knobs:

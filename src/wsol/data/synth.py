@@ -45,8 +45,12 @@ import numpy as np
 from wsol.errors import WSOLError
 
 SPLITS = ("train", "val", "test")
-PATTERNS = ("stripes", "bars", "checker", "rings", "dots", "eye", "diagonal", "split")
+# the first four (the default 4 classes) tell apart without the body: "bars" is "stripes" turned 90 degrees
+# relative to the body axis, which a small CNN confused with "stripes" half the time when only the pattern
+# decides the class (head_cue="pattern")
+PATTERNS = ("checker", "rings", "stripes", "dots", "eye", "bars", "diagonal", "split")
 HEAD_CUES = ("both", "pattern", "color")
+BODY_COLOURS = ("independent", "head")
 _MAX_HUES = 12  # hues closer than 1/12 of the circle are hard to tell apart after noise and blur
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
 
@@ -70,6 +74,10 @@ KNOBS: dict[str, str] = {
     "headless_bodies": "headless bodies per image drawn from 0..n: object-like background, a trap for PxAP",
     "loose_head_prob": "chance of a loose head of the image's class (ignored region): CAMs fire off-object",
     "occlusion_prob": "chance per object that an occluder hides part of its body: fragmented masks",
+    "body_colour": "'independent' (a body's colour has nothing to do with its head's) or 'head' (the body takes "
+                   "the head's bright tone, as a bird's body and head share plumage): with 'head' an image prior "
+                   "(colour affinity, F-CAM's CRF) can carry a head's activation over the whole object; with "
+                   "head_cue 'both' or 'color' the body then also carries the class hue",
     "texture": "background and body texture strength in [0, 1]; more texture = weaker object/background edge",
     "noise": "std of Gaussian pixel noise (0-255 scale)",
     "blur": "Gaussian blur sigma in pixels applied to the finished image (softens part details)",
@@ -105,6 +113,7 @@ class SynthConfig:
     headless_bodies: int = 1
     loose_head_prob: float = 0.1
     occlusion_prob: float = 0.2
+    body_colour: str = "independent"
     texture: float = 0.5
     noise: float = 4.0
     blur: float = 0.6
@@ -113,6 +122,8 @@ class SynthConfig:
         def bad(key: str, why: str) -> WSOLError:
             return WSOLError(f"synth config: {key}={getattr(self, key)!r} {why}")
 
+        if self.body_colour not in BODY_COLOURS:
+            raise bad("body_colour", f"is not one of {', '.join(BODY_COLOURS)}")
         if self.head_cue not in HEAD_CUES:
             raise bad("head_cue", f"is not one of {', '.join(HEAD_CUES)}")
         limit = {"both": len(PATTERNS) * 2, "pattern": len(PATTERNS), "color": _MAX_HUES}[self.head_cue]
@@ -138,7 +149,7 @@ class SynthConfig:
             raise bad("noise" if self.noise < 0 else "blur", "must be >= 0")
 
     def class_names(self) -> list[str]:
-        """Names that say what decides each class, e.g. ``00_stripes_h000`` (pattern, hue in degrees)."""
+        """Names that say what decides each class, e.g. ``00_checker_h000`` (pattern, hue in degrees)."""
         return [_class_name(self, k) for k in range(self.num_classes)]
 
     def per_class(self, split: str) -> int:
@@ -245,29 +256,40 @@ class _Canvas:
                 cv2.fillPoly(layer, [points.astype(np.int32)], colour, cv2.LINE_8)
         self.image = layer
 
-    def body(self, cx: float, cy: float, a: float, b: float, theta: float, owner: int | None) -> np.ndarray:
-        """Paint a body (shared colour/texture distribution for all classes); return its mask."""
+    def body(self, cx: float, cy: float, a: float, b: float, theta: float, owner: int | None,
+             base: np.ndarray | None = None) -> np.ndarray:
+        """Paint a body (shared colour/texture distribution for all classes, or the colour ``base``);
+        return its mask."""
         rng = self.rng
         mask, rho = self.ellipse(cx, cy, a, b, theta)
-        base = _hsv(rng.uniform(), rng.uniform(0.2, 0.8), rng.uniform(0.35, 0.9))
+        if base is None:
+            base = _hsv(rng.uniform(), rng.uniform(0.2, 0.8), rng.uniform(0.35, 0.9))
         spots = _value_noise(rng, self.height, self.width, 1, [max(4, int(b // 2)), 4])[..., 0]
         shade = 1.0 - 0.35 * rho**2 + 0.5 * self.config.texture * spots
         self.paint(mask, base * shade[..., None], owner)
         return mask
 
-    def head(self, hx: float, hy: float, r: float, theta: float, k: int, owner: int | None) -> np.ndarray:
-        """Paint a head whose pattern and/or hue encode class ``k``; return its mask."""
+    def head_colour(self, k: int) -> np.ndarray:
+        """The bright tone of a head of class ``k`` (its hue is the class's unless ``head_cue='pattern'``)."""
+        rng, config = self.rng, self.config
+        if config.head_cue == "pattern":
+            hue = rng.uniform()  # hue from the shared distribution: useless for the class
+        else:
+            hue = _class_hue(config, k) + rng.uniform(-0.02, 0.02)
+        return _hsv(hue, rng.uniform(0.75, 1.0), rng.uniform(0.8, 1.0))
+
+    def head(self, hx: float, hy: float, r: float, theta: float, k: int, owner: int | None,
+             bright: np.ndarray | None = None) -> np.ndarray:
+        """Paint a head whose pattern and/or hue encode class ``k`` (bright tone ``bright`` when given);
+        return its mask."""
         rng, config = self.rng, self.config
         mask, u, v = self.head_coords(hx, hy, r, theta)
         if config.head_cue == "color":
             on = u * u + v * v < 0.6  # a solid disc with a dark rim: only the hue tells classes apart
         else:
             on = _pattern(PATTERNS[k % len(PATTERNS)], u, v)
-        if config.head_cue == "pattern":
-            hue = rng.uniform()  # hue from the shared distribution: useless for the class
-        else:
-            hue = _class_hue(config, k) + rng.uniform(-0.02, 0.02)
-        bright = _hsv(hue, rng.uniform(0.75, 1.0), rng.uniform(0.8, 1.0))
+        if bright is None:
+            bright = self.head_colour(k)
         dark = bright * rng.uniform(0.1, 0.3)
         colour = np.where(on[..., None], bright, dark)
         self.paint(mask, colour, owner)
@@ -376,8 +398,9 @@ def render(config: SynthConfig, rng: np.random.Generator,
         else:
             continue  # no room: fewer objects than drawn (the first object always fits)
         index = len(placed)
-        canvas.body(cx, cy, a, b, theta, owner=index)
-        canvas.head(hx, hy, r, theta, label, owner=index)
+        colour = canvas.head_colour(label) if config.body_colour == "head" else None
+        canvas.body(cx, cy, a, b, theta, owner=index, base=colour)
+        canvas.head(hx, hy, r, theta, label, owner=index, bright=colour)
         if occ_pose is not None:
             canvas.occluder(*occ_pose)
         placed.append(_Object(full, head))
