@@ -28,7 +28,6 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -63,14 +62,13 @@ VARIANTS = {
 
 
 def step_data(out: Path, quick: bool, variant: str) -> Path:
-    from wsol.data.synth import SynthConfig, generate
+    from wsol.data.synth import SynthConfig, generate, is_current
 
     synth = out / "synth"
     knobs = VARIANTS[variant]
     sizes = {"train_per_class": 40, "val_per_class": 5, "test_per_class": 10} if quick else {}
     cfg = SynthConfig(**sizes, **knobs)
-    info = synth / "synth.json"
-    if not info.is_file() or json.loads(info.read_text())["config"] != asdict(cfg):
+    if not is_current(synth, cfg):
         generate(cfg, synth, overwrite=True)
         for stale in ("classifier", "fcam"):  # trained on the former data
             shutil.rmtree(out / stale, ignore_errors=True)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from wsol.data.metadata import Metadata
-from wsol.data.synth import SynthConfig, generate
+from wsol.data.synth import SynthConfig, generate, is_current
 from wsol.localize.boxes import boxes_from_map
 from wsol.train.config import load_config
 from wsol.train.data import build_transforms
@@ -82,8 +82,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every recipe")
     args = parser.parse_args()
     started = time.time()
-    info = args.data / "synth.json"
-    if not info.is_file() or json.loads(info.read_text())["config"] != asdict(SynthConfig()):
+    if not is_current(args.data, SynthConfig()):
         t = time.time()
         generate(SynthConfig(), args.data, overwrite=True)
         print(f"generated {args.data} in {time.time() - t:.0f}s")

@@ -116,3 +116,65 @@ def test_tuned_allocator_stops_refaulting_freed_memory() -> None:
     assert (tuned, untuned) == ("True", "False")
     assert untuned_faults > 9 * 16384
     assert tuned_faults < 16384 // 4
+
+
+class _Reused(nn.Module):
+    """One conv and one norm module called twice: a single set of folded weights cannot serve both calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(self.bn(self.conv(x))))
+
+
+def _random_statistics(module: nn.Module, seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return module.eval()
+
+
+@pytest.mark.parametrize("kind", ["reused", "std-conv", "weight-norm"])
+def test_convs_that_transform_their_weight_or_are_reused_are_not_folded(kind: str) -> None:
+    if kind == "reused":
+        module: nn.Module = _Reused()
+    else:
+        from timm.layers import StdConv2d
+
+        conv = StdConv2d(3, 4, 3, padding=1) if kind == "std-conv" else \
+            torch.nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 4, 3, padding=1))
+        module = nn.Sequential(conv, nn.BatchNorm2d(4))
+    module = _random_statistics(module)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = module(x)
+        assert fold_batchnorms(module) == 0
+        assert torch.equal(module(x), want)
+
+
+def test_forward_features_is_what_gets_traced() -> None:
+    """A backbone whose forward() cannot be traced but whose forward_features() can is still folded."""
+
+    class Backbone(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(self.conv(x))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.forward_features(x)
+            return f if f.sum() > 0 else -f  # data-dependent: fx cannot trace this
+
+    net = _random_statistics(Backbone())
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = net.forward_features(x)
+        assert fold_batchnorms(net) == 1
+        assert isinstance(net.bn, nn.Identity)
+        assert torch.allclose(net.forward_features(x), want, atol=1e-5)

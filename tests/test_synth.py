@@ -104,3 +104,13 @@ def test_body_colour_head_gives_the_body_the_heads_hue(body_colour):
         assert sum(s > 20 for s in spreads) >= 5
     with pytest.raises(WSOLError, match="body_colour"):
         SynthConfig(body_colour="plumage")
+
+
+def test_is_current_checks_generator_version_and_config(dataset):
+    from wsol.data.synth import is_current
+
+    assert is_current(dataset, TINY)
+    assert not is_current(dataset, SynthConfig(**{**asdict(TINY), "seed": 4}))
+    assert not is_current(dataset.parent / "nothing-here", TINY)
+    info = json.loads((dataset / "synth.json").read_text())
+    assert info["format"] == "wsol-synth/2"

@@ -13,43 +13,50 @@ One more cost is avoided: a forked child (a DataLoader worker) would share that 
 copy-on-write, and the parent's next forward pass would then copy every page it reuses (we measured
 localize at a third of its speed when run again in the same process). So the free part of the heap is
 handed back (``malloc_trim``) just before each ``fork``.
-The ``wsol`` commands that run models call this; set ``WSOL_TUNE_MALLOC=0`` to leave malloc as it is.
+Every ``wsol`` command calls this first; set ``WSOL_TUNE_MALLOC=0`` to leave malloc as it is.
 Library users opt in by calling it.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
+import threading
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 _LARGEST = 2**31 - 1  # mallopt takes an int
-_tuned = False
+_tuned: bool | None = None  # the outcome of the one attempt made in this process
+_lock = threading.Lock()
 
 
 def tune_cpu_allocator() -> bool:
     """Keep freed memory in glibc's heap (see the module docstring). Returns True when the settings were
-    applied (now or earlier in this process); False on non-glibc systems or with ``WSOL_TUNE_MALLOC=0``."""
+    applied (now or earlier in this process); False on non-glibc systems or with ``WSOL_TUNE_MALLOC=0``.
+    Only the first call with tuning enabled acts."""
     global _tuned
-    if _tuned:
-        return True
-    if os.environ.get("WSOL_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _tuned = bool(mallopt(_M_MMAP_THRESHOLD, _LARGEST)) and bool(mallopt(_M_TRIM_THRESHOLD, _LARGEST))
-    if _tuned:
-        os.register_at_fork(before=lambda: libc.malloc_trim(0))
-    return _tuned
+    with _lock:
+        if _tuned is not None:
+            return _tuned
+        if os.environ.get("WSOL_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "no", "off"):
+            return False
+        if not sys.platform.startswith("linux"):
+            return False
+        try:
+            libc = ctypes.CDLL(None)  # the process's own C library; no ldconfig lookup
+            mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+        except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+            return False
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        # glibc before 2.35 or so refuses an mmap threshold above 32 MiB (HEAP_MAX_SIZE / 2): fall back to it
+        mmap_set = any(mallopt(_M_MMAP_THRESHOLD, value) for value in (_LARGEST, 32 * 1024 * 1024))
+        trim_set = bool(mallopt(_M_TRIM_THRESHOLD, _LARGEST))
+        if mmap_set or trim_set:
+            os.register_at_fork(before=lambda: malloc_trim(0))
+        _tuned = mmap_set and trim_set
+        return bool(_tuned)
 
 
 __all__ = ["tune_cpu_allocator"]

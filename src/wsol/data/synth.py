@@ -51,6 +51,8 @@ SPLITS = ("train", "val", "test")
 PATTERNS = ("checker", "rings", "stripes", "dots", "eye", "bars", "diagonal", "split")
 HEAD_CUES = ("both", "pattern", "color")
 BODY_COLOURS = ("independent", "head")
+# bumped whenever the same config stops giving the same bytes (2: head patterns reordered, body_colour)
+GENERATOR = "wsol-synth/2"
 _MAX_HUES = 12  # hues closer than 1/12 of the circle are hard to tell apart after noise and blur
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
 
@@ -457,6 +459,16 @@ def _readme(config: SynthConfig, counts: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+def is_current(out_dir: str | Path, config: SynthConfig) -> bool:
+    """Whether ``out_dir`` holds a dataset made by this generator version with exactly ``config``."""
+    info = Path(out_dir) / "synth.json"
+    try:
+        written = json.loads(info.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return written.get("format") == GENERATOR and written.get("config") == asdict(config)
+
+
 ProgressFn = Callable[[int, int], None]
 
 
@@ -528,7 +540,7 @@ def _generate_into(config: SynthConfig, root: Path, progress: ProgressFn | None)
         ):
             (meta / file_name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     info = {
-        "format": "wsol-synth/1",
+        "format": GENERATOR,
         "config": asdict(config),
         "class_names": names,
         "counts": counts,

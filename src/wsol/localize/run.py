@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -64,7 +63,8 @@ class ImageSource(Dataset):
     ``display_size`` is 0) and ``note``; or ``{"index", "error"}`` when the file cannot be used.
 
     ``exact=True`` reproduces the WSOL reference's preprocessing bit for bit (a full decode and PIL's
-    resize, as :func:`wsol.data.transforms.eval_transform`): used for score maps that get evaluated.
+    resize, as :func:`wsol.data.transforms.eval_transform` at ``image_size``): used for score maps that get
+    evaluated.
     ``exact=False`` is for browsing photos: large JPEGs decode at a reduced DCT scale and both resizes are
     torchvision's antialiased uint8 kernels (vectorised; PIL's filters up to the rounding of a few grey
     levels), about 2.5x cheaper per image.
@@ -89,7 +89,7 @@ class ImageSource(Dataset):
             draft = None if self.exact else max(self.image_size, self.display_size)
             image, width, height, note = read_image(path, draft_size=draft)
             s = self.image_size
-            pixels = _readonly_tensor(image)
+            pixels = torch.from_numpy(np.array(image)) if self.display_size or not self.exact else None
             if self.exact:
                 model_in = torch.from_numpy(np.array(image.resize((s, s), _PIL_RESAMPLE[self.interpolation])))
             else:
@@ -108,13 +108,6 @@ class ImageSource(Dataset):
 
 _PIL_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                  "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
-
-
-def _readonly_tensor(image: Image.Image) -> Tensor:
-    """The pixels of an RGB PIL image as an (H, W, 3) uint8 tensor, without a copy; only ever read."""
-    with warnings.catch_warnings():  # numpy's view of a PIL image is read-only; torch warns about that
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(np.asarray(image))
 
 
 def _resize_uint8(image: Tensor, size: tuple[int, int], interpolation: str) -> Tensor:
@@ -480,7 +473,8 @@ def default_workers(device: torch.device, cpus: int | None = None) -> int:
     forward pass already keeps every core busy, and a worker process that takes a core from it stalls its
     threads at every synchronisation: on 2 cores, 1 worker ran 20 % slower than decoding between batches
     in the main process (``benchmarks/bench_localize.py --workers``). So none up to 3 CPUs, then one per 4."""
-    cpus = cpus or os.cpu_count() or 2
+    if cpus is None:  # the CPUs this process may run on (affinity, cgroup cpusets), not the machine's
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
     if device.type == "cpu":
         return 0 if cpus < 4 else min(4, cpus // 4)
     return max(1, min(4, cpus - 1))
@@ -650,7 +644,7 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
     gt_boxes = meta.resized_boxes(224) if (evaluate and meta.has_boxes) else None
     box_metric = BoxAccuracy(cam_curve_interval, iou_thresholds) if gt_boxes is not None else None
     pixel_metric = PixelAP(cam_curve_interval) if use_masks else None
-    model = model.to(dev).eval()  # as `wsol train` evaluates it, so the numbers reproduce its test run
+    model = model.to(dev).eval()  # not the folded inference copy: the model exactly as `wsol train` evaluates it
 
     def write(result: BatchResult) -> None:
         batch_ids = [ids[i] for i in result.batch["indices"]]
