@@ -70,8 +70,8 @@ def step_data(out: Path, quick: bool, variant: str) -> Path:
     cfg = SynthConfig(**sizes, **knobs)
     if not is_current(synth, cfg):
         generate(cfg, synth, overwrite=True)
-        for stale in ("classifier", "fcam"):  # trained on the former data
-            shutil.rmtree(out / stale, ignore_errors=True)
+        for stale in [out / "classifier", *out.glob("fcam*")]:  # trained on the former data
+            shutil.rmtree(stale, ignore_errors=True)
     return synth
 
 
@@ -96,14 +96,15 @@ def step_classifier(out: Path, synth: Path, quick: bool, variant: str) -> Path:
     return Path(summary["last_checkpoint"])
 
 
-def step_fcam(out: Path, synth: Path, classifier: Path, quick: bool) -> dict:
+def step_fcam(out: Path, synth: Path, classifier: Path, quick: bool, seed: int = 0) -> dict:
+    """One F-CAM decoder (``trainer.seed = seed``) on the classifier; its test metrics (CAM and F-CAM)."""
     from wsol.fcam.train import load_fcam_config, train_fcam
 
-    run = out / "fcam"
+    run = out / ("fcam" if seed == 0 else f"fcam_seed{seed}")
     metrics = run / "test_metrics.json"
     if not metrics.is_file():
         values = {**_data_overrides(synth), "fcam.classifier": classifier, "trainer.out_dir": run,
-                  "trainer.progress_bar": False}
+                  "trainer.progress_bar": False, "trainer.seed": seed}
         if quick:
             values["trainer.epochs"] = 1
         config = load_fcam_config(ROOT / "configs" / "fcam_synth_cpu.yaml", [f"{k}={v}" for k, v in values.items()])
@@ -163,6 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_fcam")
     parser.add_argument("--quick", action="store_true", help="tiny data and 1-2 epochs (a smoke run, not a result)")
+    parser.add_argument("--seeds", type=int, default=3, help="F-CAM decoders trained, seeds 0..N-1 (default 3)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="coherent",
                         help="synthetic data: 'coherent' objects (default) or the generator's 'default' knobs")
     args = parser.parse_args()
@@ -170,34 +172,47 @@ def main() -> None:
     started = time.time()
     synth = step_data(args.out, args.quick, args.variant)
     classifier = step_classifier(args.out, synth, args.quick, args.variant)
-    result = step_fcam(args.out, synth, classifier, args.quick)
+    results = [step_fcam(args.out, synth, classifier, args.quick, seed) for seed in range(max(1, args.seeds))]
+    result = results[0]
     from wsol.fcam import load_fcam
 
     model = load_fcam(args.out / "fcam" / "fcam.pt").eval()
     size = int(result["config"]["data"]["crop_size"] or 224)
     speed = step_speed(model, size)
     step_overlay(model, synth, size, args.out / "fcam_overlay.png")
-    test = result["test"]
-    fit = result["fit_seconds"]
+    keys = ("MaxBoxAcc", "MaxBoxAccV2", "PxAP")
+    cam = result["test"]["cam"]
+    fcam = {k: float(np.mean([r["test"]["fcam"][k] for r in results])) for k in keys}
+    fit = float(np.mean([r["fit_seconds"] for r in results]))
     lines = ["| model | maps | MaxBoxAcc | MaxBoxAccV2 | PxAP | images/s (CPU) |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     name = result["config"]["model"]["name"]
-    for spec, label in (("cam", "CAM"), ("fcam", "F-CAM (on CAM)")):
-        e = test[spec]
-        lines.append(f"| {name} | {label} | {e['MaxBoxAcc']:.1f} | {e['MaxBoxAccV2']:.1f} | {e['PxAP']:.1f} "
-                     f"| {speed[spec]:.1f} |")
+    lines.append(f"| {name} | CAM | {cam['MaxBoxAcc']:.1f} | {cam['MaxBoxAccV2']:.1f} | {cam['PxAP']:.1f} "
+                 f"| {speed['cam']:.1f} |")
+    label = f"F-CAM (on CAM), mean of {len(results)} seeds" if len(results) > 1 else "F-CAM (on CAM)"
+    lines.append(f"| {name} | {label} | {fcam['MaxBoxAcc']:.1f} | {fcam['MaxBoxAccV2']:.1f} | {fcam['PxAP']:.1f} "
+                 f"| {speed['fcam']:.1f} |")
+    if len(results) > 1:
+        for seed, r in enumerate(results):
+            e = r["test"]["fcam"]
+            scores = " | ".join(f"{e[k]:.1f}" for k in keys)
+            lines.append(f"| | F-CAM, seed {seed} | {scores} | |")
     table = "\n".join(lines)
-    deltas = ", ".join(f"{k} {test['fcam'][k] - test['cam'][k]:+.1f}" for k in ("MaxBoxAcc", "MaxBoxAccV2", "PxAP"))
-    better = [k for k in ("MaxBoxAcc", "MaxBoxAccV2", "PxAP") if test["fcam"][k] > test["cam"][k]]
+    deltas = ", ".join(f"{k} {fcam[k] - cam[k]:+.1f}" for k in keys)
+    better = [k for k in keys if fcam[k] > cam[k]]
     verdict = ("F-CAM improves all three" if len(better) == 3 else
                f"F-CAM improves {', '.join(better) or 'none'} only; not "
-               + ", ".join(k for k in ("MaxBoxAcc", "MaxBoxAccV2", "PxAP") if k not in better))
+               + ", ".join(k for k in keys if k not in better))
+    wins = sum(all(r["test"]["fcam"][k] > cam[k] for k in keys) for r in results)
+    verdict += f" (on average; {wins} of {len(results)} seeds improve all three)" if len(results) > 1 else ""
+    test = {"cam": cam, "fcam_mean": fcam, "fcam_per_seed": [r["test"]["fcam"] for r in results]}
     knobs = ", ".join(f"{k}={v!r}" for k, v in VARIANTS[args.variant].items())
     epochs = "".join(f", {v} epochs" for v in CLASSIFIER_EPOCHS.get(args.variant, {}).values())
-    note = (f"\nF-CAM - CAM (points): {deltas}. {verdict}.\n"
+    note = (f"\nF-CAM - CAM (points{', mean over seeds' if len(results) > 1 else ''}): {deltas}. {verdict}.\n"
             + f"\nSynthetic test split ({test['cam'].get('num_images', '?')} images), GT-known maps at 224 x 224, "
             f"threshold step {result['config']['eval']['cam_curve_interval']}; F-CAM decoder trained "
-            f"{result['config']['trainer']['epochs']} epochs in {fit:.0f} s on CPU; images/s: batch 16 at "
+            f"{result['config']['trainer']['epochs']} epochs in {fit:.0f} s on CPU (mean per seed); images/s (seed 0's "
+            f"decoder): batch 16 at "
             f"{size} px, best of 5. Both rows run the F-CAM recipe's {size} px input (the CAM upsampled)"
             + (", so the CAM row differs a little from synth_baseline.md's (the classifier recipe's 112 px input). "
                if args.variant == "default" else ". ") +
