@@ -18,6 +18,20 @@ def _norms(module: nn.Module) -> int:
     return sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
 
 
+def _random_statistics(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Every norm's running statistics and affine parameters far from (0, 1), so that a wrong fold shows;
+    the module in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
+                m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
+    return module.eval()
+
+
 def test_embedded_model_folds_every_norm_and_keeps_its_outputs() -> None:
     model = build_model(EMBEDDED_MODEL, pretrained=True).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -37,15 +51,8 @@ def test_embedded_model_folds_every_norm_and_keeps_its_outputs() -> None:
 
 
 def test_residual_network_with_nontrivial_statistics() -> None:
-    net = timm.create_model("resnet18", pretrained=False, num_classes=5)
+    net = _random_statistics(timm.create_model("resnet18", pretrained=False, num_classes=5), seed=1)
     gen = torch.Generator().manual_seed(1)
-    for m in net.modules():  # running statistics far from (0, 1) so that a wrong fold shows
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
-    net.eval()
     folded = inference_copy(net, torch.device("cpu"))  # not a WSOLClassifier: nothing to fold
     assert _norms(folded) == _norms(net) == 20
     x = torch.randn(2, 3, 64, 64, generator=gen)
@@ -127,15 +134,6 @@ class _Reused(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(self.bn(self.conv(x))))
-
-
-def _random_statistics(module: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-    return module.eval()
 
 
 @pytest.mark.parametrize("kind", ["reused", "std-conv", "weight-norm"])
