@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -15,8 +17,9 @@ from lightning.pytorch.callbacks import Callback
 
 from wsol.data.synth import SynthConfig, generate
 from wsol.errors import WSOLError
+from wsol.files import write_json
 from wsol.train.config import load_config
-from wsol.train.run import TrainingInterrupted, evaluate, load_checkpoint_model, train
+from wsol.train.run import TrainingInterrupted, evaluate, evaluate_module, load_checkpoint_model, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +37,8 @@ def tiny_overrides(synth: Path, out: Path, **extra: object) -> list[str]:
     values = {
         "model.name": "resnet10t", "model.pretrained": False, "data.root": synth / "images",
         "data.metadata": synth / "metadata", "data.mask_root": synth / "masks", "data.resize_size": 72,
-        "data.crop_size": 64, "data.batch_size": 4, "data.num_workers": 0, "optim.lr": 0.01,
+        "data.crop_size": 64, "data.mean": [0.5, 0.4, 0.3], "data.std": [0.2, 0.25, 0.3],  # not the model's
+        "data.batch_size": 4, "data.num_workers": 0, "optim.lr": 0.01,
         "eval.cam_curve_interval": 0.01, "trainer.out_dir": out, "trainer.epochs": 2, "trainer.accelerator": "cpu",
         "trainer.devices": 1, "trainer.progress_bar": False, "trainer.tensorboard": False,
     }
@@ -133,6 +137,26 @@ def test_checkpoint_rebuilds_model_for_localize(checkpoint: Path, synth: Path) -
         torch.testing.assert_close(model(x), model.head.fc(pooled))
 
 
+def test_localize_split_on_checkpoint_equals_its_evaluation(checkpoint: Path, synth: Path, tmp_path: Path) -> None:
+    """The checkpoint records how its model was evaluated (64 px, bilinear, the recipe's mean/std), so
+    ``wsol localize --metadata`` on it gives the numbers of ``wsol train``'s own test stage."""
+    from wsol.localize.run import load_model, localize_split, preprocessing
+
+    model = load_model(None, checkpoint)
+    assert preprocessing(model) == {"size": 64, "interpolation": "bilinear", "mean": (0.5, 0.4, 0.3),
+                                    "std": (0.2, 0.25, 0.3)}
+    config = load_config(None, tiny_overrides(synth, tmp_path, **{"model.pool": "tap"}))
+    reference = evaluate(config, checkpoint, methods=["cam"])["cam"]
+    ours = localize_split(synth / "metadata" / "test", synth / "images", model, method="cam", evaluate=True,
+                          mask_root=synth / "masks", image_size=preprocessing(model)["size"], workers=0,
+                          batch_size=4,  # the test stage's: float sums agree bit for bit
+                          cam_curve_interval=0.01, quiet=True).metrics
+    assert ours["boxes"]["num_images"] == 9
+    for key in ("MaxBoxAcc", "MaxBoxAccV2", "top1_loc"):
+        assert ours["boxes"][key] == reference[key], key
+    assert ours["masks"]["PxAP"] == reference["PxAP"]
+
+
 def test_checkpoint_of_another_architecture(checkpoint: Path, synth: Path, tmp_path: Path) -> None:
     config = load_config(None, tiny_overrides(synth, tmp_path, **{"model.name": "resnet18"}))
     with pytest.raises(WSOLError, match="does not fit 'resnet18'"):
@@ -172,3 +196,30 @@ def test_shipped_configs_load(path: Path) -> None:
     config.check()
     if not path.name.startswith("synth_"):
         assert config.reported, f"{path.name} must state the number the paper reports"
+
+
+class _CrashingTrainer:
+    """Stands in for a ddp_spawn trainer whose rank 1 aborts; rank 0 may have written the results first."""
+
+    def __init__(self, results: dict | None) -> None:
+        self.results = results
+
+    def test(self, module, **_kwargs) -> None:
+        if self.results is not None and module.results_path:
+            write_json(module.results_path, self.results)
+        raise torch.multiprocessing.ProcessExitedException("process 1 terminated with signal SIGABRT",
+                                                           error_index=1, error_pid=1, exit_code=-6)
+
+
+def test_rank_crash_after_results_keeps_them_crash_before_is_an_error(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    module = SimpleNamespace(results={})
+    kept = evaluate_module(None, module, None, None, trainer=_CrashingTrainer({"cam": {"MaxBoxAcc": 12.5}}),
+                           json_out=out)
+    assert kept == {"cam": {"MaxBoxAcc": 12.5}}
+    # the file left by an earlier run is not this run's: the crash is reported
+    os.utime(out, (time.time() - 60, time.time() - 60))
+    with pytest.raises(torch.multiprocessing.ProcessExitedException):
+        evaluate_module(None, module, None, None, trainer=_CrashingTrainer(None), json_out=out)
+    with pytest.raises(torch.multiprocessing.ProcessExitedException):
+        evaluate_module(None, module, None, None, trainer=_CrashingTrainer({"x": 1}), json_out=None)

@@ -242,7 +242,7 @@ def localize(
     import json
 
     from wsol.files import plain
-    from wsol.localize.run import LocalizeOptions, load_model, localize_images, localize_split
+    from wsol.localize.run import LocalizeOptions, load_model, localize_images, localize_split, preprocessing
 
     if metadata is not None:
         if paths:
@@ -252,7 +252,7 @@ def localize(
         net = load_model(model, checkpoint)
         summary = localize_split(metadata, data_root, net, method=method, scoremap_dir=scoremaps,
                                  evaluate=evaluate_, mask_root=mask_root, batch_size=batch_size, device=device,
-                                 workers=workers, image_size=image_size or 224,
+                                 workers=workers, image_size=image_size or preprocessing(net)["size"],
                                  cam_curve_interval=cam_curve_interval, quiet=quiet)
         if summary.metrics is not None:
             text = json.dumps(plain(summary.metrics), indent=1)

@@ -695,5 +695,5 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
 __all__ = [
     "BatchResult", "ImageSource", "LocalizeOptions", "ResultsLog", "Summary", "boxes_with_scores",
     "collate_images", "load_model", "localize_images", "localize_loader",
-    "localize_split", "resolve_device", "resolve_target", "run_model", "scale_boxes",
+    "localize_split", "preprocessing", "resolve_device", "resolve_target", "run_model", "scale_boxes",
 ]

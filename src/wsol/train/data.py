@@ -38,12 +38,18 @@ PIPELINE_SIZES = {"protocol": (256, 224), "cab384": (438, 384)}  # (resize, crop
 def build_transforms(config: TrainConfig, mean: Sequence[float], std: Sequence[float]) -> tuple[Callable, Callable]:
     """The recipe's pipelines (:mod:`wsol.data.transforms`): train = resize (s, s), random crop c, flip;
     eval = resize (c, c)."""
+    resize, crop = pipeline_sizes(config)
+    return train_transform(resize, crop, mean, std), eval_transform(crop, mean, std)
+
+
+def pipeline_sizes(config: TrainConfig) -> tuple[int, int]:
+    """(resize, crop) of the recipe: its pipeline's defaults unless ``data.resize_size`` / ``crop_size`` say."""
     resize, crop = PIPELINE_SIZES[config.data.pipeline]
     resize = config.data.resize_size or resize
     crop = config.data.crop_size or crop
     if crop > resize:
         raise WSOLError(f"config data.crop_size={crop} is larger than data.resize_size={resize}")
-    return train_transform(resize, crop, mean, std), eval_transform(crop, mean, std)
+    return resize, crop
 
 
 # --------------------------------------------------------------------------- datasets
@@ -219,6 +225,13 @@ class WSOLDataModule(L.LightningDataModule):
             mean, std = (0.5,) * 3, (0.5,) * 3
         self.mean = tuple(self.config.data.mean or mean)
         self.std = tuple(self.config.data.std or std)
+
+    def eval_preprocessing(self) -> dict[str, Any]:
+        """How this recipe feeds images to the model at evaluation, in timm's ``data_config`` terms. Stored
+        in checkpoints so that ``wsol localize`` prepares images the way the trained model saw them."""
+        crop = pipeline_sizes(self.config)[1]
+        return {"input_size": (3, crop, crop), "interpolation": "bilinear", "mean": tuple(self.mean),
+                "std": tuple(self.std)}
 
     def has_localization(self, stage: str) -> bool:
         split = self.splits.get(stage)

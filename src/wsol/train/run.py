@@ -17,6 +17,8 @@ rebuilds the classifier from the file alone.
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
 import signal
 import time
 import warnings
@@ -37,6 +39,7 @@ from wsol.train.data import WSOLDataModule
 from wsol.train.module import WSOLModule, check_selectable, flat_metrics, select_metric
 
 LAST, BEST = "last", "best"
+log = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(WSOLError):
@@ -95,6 +98,21 @@ class GracefulInterrupt(Callback):
             self._previous = None
 
 
+class CloseSpawnedProcessGroup(Callback):
+    """Ends the process group in ranks started by ``ddp_spawn`` / ``ddp_fork``, which exit right after the run.
+
+    Without it each rank exits with its Gloo/NCCL connections open, and a rank that is still shutting down
+    when its peer's sockets close can abort (SIGABRT) even though the run itself succeeded. The barrier
+    makes every rank finish its last collective before any of them closes a connection."""
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        dist = torch.distributed
+        if multiprocessing.parent_process() is None or not (dist.is_available() and dist.is_initialized()):
+            return  # not a spawned rank: the process group (if any) outlives this run
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class ValHistory(Callback):
     """Appends each epoch's val metrics to ``val_history.jsonl`` (rank 0)."""
 
@@ -132,7 +150,7 @@ def make_trainer(config: TrainConfig, out: Path, *, callbacks: Sequence[Callback
                  quiet: bool = False, loggers: bool = True) -> tuple[L.Trainer, ModelCheckpoint | None]:
     """A Lightning trainer for this recipe (checkpoints, CSV/TensorBoard logs, progress bar, DDP)."""
     t = config.trainer
-    cbs: list[Callback] = list(callbacks)
+    cbs: list[Callback] = [*callbacks, CloseSpawnedProcessGroup()]
     ckpt = None
     if loggers:
         # two callbacks: Lightning's save_last only refreshes last.ckpt when a top-k checkpoint was saved
@@ -226,6 +244,7 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, callbacks: 
         module = make_module(config, datamodule, ckpt_path is not None)
     _attach(module, datamodule)
     datamodule.set_normalization(module.model.data_config["mean"], module.model.data_config["std"])
+    module.model.data_config.update(datamodule.eval_preprocessing())  # saved in the checkpoints
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
     interrupt = GracefulInterrupt(last)
@@ -282,7 +301,15 @@ def evaluate_module(config: TrainConfig, module: WSOLModule, datamodule: WSOLDat
         trainer, _ = make_trainer(config, Path(config.trainer.out_dir), quiet=quiet, loggers=False)
     module.results_path = str(json_out) if json_out is not None else None
     module.results.pop("test", None)
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    started = time.time()
+    try:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    except torch.multiprocessing.ProcessExitedException as error:
+        # A spawned rank died. Rank 0 writes the results only after gathering every rank's states, so if it
+        # wrote them during this run they are complete and the crash came later, in the processes' shutdown.
+        if json_out is None or not Path(json_out).is_file() or Path(json_out).stat().st_mtime < started:
+            raise
+        log.warning("%s after rank 0 had written complete results to %s; keeping them", error, json_out)
     if "test" not in module.results and json_out is not None and Path(json_out).is_file():
         return json.loads(Path(json_out).read_text(encoding="utf-8"))  # ran in spawned processes
     # the same plain JSON types (string keys) whether the results come from this process or from rank 0's file
