@@ -113,18 +113,23 @@ def step_fcam(out: Path, synth: Path, classifier: Path, quick: bool, seed: int =
 
 
 def step_speed(model: torch.nn.Module, size: int, batch: int = 16, repeats: int = 5) -> dict[str, float]:
+    """images/s of each method on the model as trained (``cam``, ``fcam``) and on the inference copy that
+    ``wsol localize`` runs (``cam_localize``, ``fcam_localize``: batch norms folded, channels-last)."""
     from wsol.cams import compute_cams
+    from wsol.models.inference import inference_copy
 
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    fast = inference_copy(model, torch.device("cpu"))
     out = {}
-    for method in ("cam", "fcam"):
-        compute_cams(model, x, None, method)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            compute_cams(model, x, None, method)
-            best = min(best, time.perf_counter() - t0)
-        out[method] = batch / best
+    for suffix, net in (("", model), ("_localize", fast)):
+        for method in ("cam", "fcam"):
+            compute_cams(net, x, None, method)
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                compute_cams(net, x, None, method)
+                best = min(best, time.perf_counter() - t0)
+            out[method + suffix] = batch / best
     return out
 
 
@@ -169,6 +174,9 @@ def main() -> None:
                         help="synthetic data: 'coherent' objects (default) or the generator's 'default' knobs")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    from wsol.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as every `wsol` command does
     started = time.time()
     synth = step_data(args.out, args.quick, args.variant)
     classifier = step_classifier(args.out, synth, args.quick, args.variant)
@@ -184,19 +192,19 @@ def main() -> None:
     cam = result["test"]["cam"]
     fcam = {k: float(np.mean([r["test"]["fcam"][k] for r in results])) for k in keys}
     fit = float(np.mean([r["fit_seconds"] for r in results]))
-    lines = ["| model | maps | MaxBoxAcc | MaxBoxAccV2 | PxAP | images/s (CPU) |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | maps | MaxBoxAcc | MaxBoxAccV2 | PxAP | images/s (CPU) | images/s as `wsol localize` runs it |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     name = result["config"]["model"]["name"]
     lines.append(f"| {name} | CAM | {cam['MaxBoxAcc']:.1f} | {cam['MaxBoxAccV2']:.1f} | {cam['PxAP']:.1f} "
-                 f"| {speed['cam']:.1f} |")
+                 f"| {speed['cam']:.1f} | {speed['cam_localize']:.1f} |")
     label = f"F-CAM (on CAM), mean of {len(results)} seeds" if len(results) > 1 else "F-CAM (on CAM)"
     lines.append(f"| {name} | {label} | {fcam['MaxBoxAcc']:.1f} | {fcam['MaxBoxAccV2']:.1f} | {fcam['PxAP']:.1f} "
-                 f"| {speed['fcam']:.1f} |")
+                 f"| {speed['fcam']:.1f} | {speed['fcam_localize']:.1f} |")
     if len(results) > 1:
         for seed, r in enumerate(results):
             e = r["test"]["fcam"]
             scores = " | ".join(f"{e[k]:.1f}" for k in keys)
-            lines.append(f"| | F-CAM, seed {seed} | {scores} | |")
+            lines.append(f"| | F-CAM, seed {seed} | {scores} | | |")
     table = "\n".join(lines)
     deltas = ", ".join(f"{k} {fcam[k] - cam[k]:+.1f}" for k in keys)
     better = [k for k in keys if fcam[k] > cam[k]]
@@ -213,7 +221,9 @@ def main() -> None:
             f"threshold step {result['config']['eval']['cam_curve_interval']}; F-CAM decoder trained "
             f"{result['config']['trainer']['epochs']} epochs in {fit:.0f} s on CPU (mean per seed); images/s (seed 0's "
             f"decoder): batch 16 at "
-            f"{size} px, best of 5. Both rows run the F-CAM recipe's {size} px input (the CAM upsampled)"
+            f"{size} px, best of 5; 'as `wsol localize` runs it' = its inference copy (batch norms of the "
+            f"classifier and the decoder folded into their convolutions, channels-last). "
+            f"Both rows run the F-CAM recipe's {size} px input (the CAM upsampled)"
             + (", so the CAM row differs a little from synth_baseline.md's (the classifier recipe's 112 px input). "
                if args.variant == "default" else ". ") +
             f"Data: the '{args.variant}' variant ({knobs or 'default knobs'}). The classifier "

@@ -53,13 +53,48 @@ def test_embedded_model_folds_every_norm_and_keeps_its_outputs() -> None:
 def test_residual_network_with_nontrivial_statistics() -> None:
     net = _random_statistics(timm.create_model("resnet18", pretrained=False, num_classes=5), seed=1)
     gen = torch.Generator().manual_seed(1)
-    folded = inference_copy(net, torch.device("cpu"))  # not a WSOLClassifier: nothing to fold
-    assert _norms(folded) == _norms(net) == 20
+    # not a WSOLClassifier: only its blocks of plain layers fold, the 3 downsample (conv, bn) pairs
+    folded = inference_copy(net, torch.device("cpu"))
+    assert _norms(net) == 20 and _norms(folded) == 17
     x = torch.randn(2, 3, 64, 64, generator=gen)
     with torch.no_grad():
         want = net(x)
-        assert fold_batchnorms(folded) == 20  # 17 convolutions + 3 downsample convolutions
         assert torch.allclose(folded(x), want, atol=1e-4, rtol=1e-4)
+        assert fold_batchnorms(folded) == 17  # the convolutions of the residual blocks
+        assert torch.allclose(folded(x), want, atol=1e-4, rtol=1e-4)
+
+
+def test_fcam_decoder_norms_fold_too() -> None:
+    from wsol.fcam.model import FCAM
+
+    model = _random_statistics(FCAM(build_model("resnet10t", num_classes=3, pretrained=False)), seed=2)
+    assert _norms(model.decoder) == 10  # 5 blocks x 2 (conv + BN + ReLU)
+    fast = inference_copy(model, torch.device("cpu"))
+    assert _norms(fast) == 0
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), atol=1e-5)
+
+
+class _SharedConv(nn.Module):
+    """A (conv, bn) block whose conv is also used alone: folding the block would change the other use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3))
+        self.alone = self.block[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x) + self.alone(x)
+
+
+def test_a_block_sharing_a_layer_is_not_folded() -> None:
+    model = _random_statistics(_SharedConv(), seed=3)
+    fast = inference_copy(model, torch.device("cpu"))
+    assert _norms(fast) == 1
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), atol=1e-6)
 
 
 class _Shared(nn.Module):

@@ -102,11 +102,19 @@ def fold_batchnorms(module: nn.Module) -> int:
 
 def inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
     """A copy of ``model`` for inference on ``device``: eval mode, the batch norms of every
-    :class:`WSOLClassifier` backbone inside it folded, channels-last parameters on the CPU (where
-    convolutions on channels-last batches ran 1.4x faster)."""
+    :class:`WSOLClassifier` backbone inside it folded, and those of the other ``nn.Sequential`` blocks of
+    plain layers (F-CAM's decoder: conv + BN + ReLU), channels-last parameters on the CPU (where convolutions on
+    channels-last batches ran 1.4x faster)."""
     fast = copy.deepcopy(model).eval()
-    for classifier in [m for m in fast.modules() if isinstance(m, WSOLClassifier)]:
+    classifiers = [m for m in fast.modules() if isinstance(m, WSOLClassifier)]
+    for classifier in classifiers:
         fold_batchnorms(classifier.backbone)
+    inside = {id(m) for classifier in classifiers for m in classifier.modules()}
+    uses = Counter(id(m) for _, m in fast.named_modules(remove_duplicate=False))
+    for block in [m for m in fast.modules() if isinstance(m, nn.Sequential) and id(m) not in inside]:
+        # a block of layers, none of them shared with another place of the model
+        if all(next(c.children(), None) is None and uses[id(c)] == 1 for c in block.children()):
+            fold_batchnorms(block)
     fast = fast.to(device)
     return fast.to(memory_format=torch.channels_last) if device.type == "cpu" else fast
 
