@@ -169,6 +169,32 @@ def test_metadata_split_scoremaps_and_evaluate(mixed: Path, tmp_path: Path) -> N
     assert metrics["boxes"]["top1_cls"] == 100.0
 
 
+def test_metadata_split_with_crf_refines_the_protocol_maps(mixed: Path, tmp_path: Path) -> None:
+    """--crf on a split: each saved map is the CRF of the plain 224 x 224 map against the 224 x 224 image."""
+    from wsol.localize.run import ImageSource, crf_on_images
+
+    split = tmp_path / "meta"
+    split.mkdir()
+    (split / "image_ids.txt").write_text("chelsea_cat.png\n")
+    (split / "class_labels.txt").write_text("chelsea_cat.png,285\n")
+    (split / "image_sizes.txt").write_text("chelsea_cat.png,451,300\n")
+    (split / "localization.txt").write_text("chelsea_cat.png,40,0,420,299\n")
+    maps = {}
+    for name, extra in (("plain", []), ("crf", ["--crf"])):
+        result = runner.invoke(app, ["localize", "--metadata", str(split), "--data-root", str(mixed), "--scoremaps",
+                                     str(tmp_path / name), "--workers", "0", "-q", *extra])
+        assert result.exit_code == 0, result.output
+        maps[name] = np.load(tmp_path / name / "chelsea_cat.png.npy")
+    image = ImageSource([mixed / "chelsea_cat.png"], 224, "bilinear", display_size=0, exact=True)[0]["image"]
+    want = crf_on_images(image[None], maps["plain"][None])[0]
+    np.testing.assert_allclose(maps["crf"], want, atol=1e-6)
+    assert np.abs(maps["crf"] - maps["plain"]).mean() > 0.01  # the CRF did change the map
+    result = runner.invoke(app, ["localize", "--metadata", str(split), "--data-root", str(mixed), "--evaluate",
+                                 "--crf", "--out", str(tmp_path / "ev"), "--workers", "0", "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["crf"] is True
+
+
 def test_samples_command(tmp_path: Path) -> None:
     result = runner.invoke(app, ["samples", "--out", str(tmp_path / "s")])
     assert result.exit_code == 0, result.output

@@ -253,7 +253,7 @@ def localize(
         summary = localize_split(metadata, data_root, net, method=method, scoremap_dir=scoremaps,
                                  evaluate=evaluate_, mask_root=mask_root, batch_size=batch_size, device=device,
                                  workers=workers, image_size=image_size or preprocessing(net)["size"],
-                                 cam_curve_interval=cam_curve_interval, quiet=quiet)
+                                 cam_curve_interval=cam_curve_interval, crf=crf, quiet=quiet)
         if summary.metrics is not None:
             text = json.dumps(plain(summary.metrics), indent=1)
             typer.echo(text)

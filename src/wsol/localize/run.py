@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -549,8 +550,7 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
             raw = result.maps[row]
             score = minmax_normalize(resize_map(raw, (dw, dh)))
             if options.crf:
-                score = crf_refine(torch.from_numpy(display).permute(2, 0, 1)[None].float(),
-                                   torch.from_numpy(score)[None])[0].numpy()
+                score = crf_on_images(torch.from_numpy(display)[None], score[None])[0]
             boxes = boxes_with_scores(score, options.threshold, options.percentile, options.boxes, (width, height))
             k = int(result.targets[row])
             prob = float(result.probs[row, k])
@@ -609,13 +609,23 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
 
 
 # ---------------------------------------------------------------------------------------------- WSOL splits
+def crf_on_images(images: Tensor, maps: np.ndarray) -> np.ndarray:
+    """:func:`crf_refine` of score maps (B, h, w) against their uint8 images (B, H, W, 3), the images resized
+    (bilinear, antialiased) to the maps' size."""
+    rgb = images.permute(0, 3, 1, 2).float()
+    if tuple(rgb.shape[-2:]) != tuple(maps.shape[-2:]):
+        rgb = F.interpolate(rgb, size=tuple(maps.shape[-2:]), mode="bilinear", antialias=True, align_corners=False)
+    return crf_refine(rgb, torch.from_numpy(maps)).numpy()
+
+
 def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Module, *, method: str = "cam",
                    scoremap_dir: str | Path | None = None, evaluate: bool = False,
                    mask_root: str | Path | None = None, batch_size: int = 32, device: str = "auto",
                    workers: int | None = None, image_size: int = 224, cam_curve_interval: float = 0.001,
-                   iou_thresholds: Sequence[int] = (30, 50, 70), quiet: bool = False) -> Summary:
+                   iou_thresholds: Sequence[int] = (30, 50, 70), crf: bool = False, quiet: bool = False) -> Summary:
     """GT-known score maps (224 x 224, bicubic + min-max) of every image of a WSOL split, written as
-    ``<scoremap_dir>/<image_id>.npy`` (existing ones are kept: resume) and/or evaluated in the same pass."""
+    ``<scoremap_dir>/<image_id>.npy`` (existing ones are kept: resume) and/or evaluated in the same pass.
+    With ``crf``, each map is first refined by a dense CRF against the image at 224 x 224 (Bae et al.)."""
     from wsol.data.metadata import Metadata
     from wsol.metrics import BoxAccuracy, PixelAP
 
@@ -649,6 +659,8 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
     def write(result: BatchResult) -> None:
         batch_ids = [ids[i] for i in result.batch["indices"]]
         maps = to_score_maps(result.maps, (224, 224)).astype(np.float32)
+        if crf:
+            maps = crf_on_images(result.batch["images"], maps)
         if scoremap_dir is not None:
             for image_id, m in zip(batch_ids, maps):
                 save_npy(Path(scoremap_dir) / f"{image_id}.npy", m)
@@ -682,7 +694,7 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
         raise WSOLError(f"{first[0]}: unreadable ({first[1]}); the protocol needs every image of the split"
                         + (f" ({len(summary.skipped)} unreadable)" if len(summary.skipped) > 1 else ""))
     if evaluate:
-        metrics: dict[str, Any] = {"split": str(meta.split_dir), "method": method,
+        metrics: dict[str, Any] = {"split": str(meta.split_dir), "method": method, "crf": crf,
                                    "model": getattr(model, "name", ""), "num_images": len(ids)}
         if box_metric is not None:
             metrics["boxes"] = box_metric.compute()
