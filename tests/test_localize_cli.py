@@ -128,10 +128,19 @@ def test_nothing_processable_exits_nonzero(tmp_path: Path) -> None:
     (["--method", "nope"], "nope"),
     (["--target", "9999"], "--target"),
     (["--target", "no such class"], "--target"),
+    (["--evaluate"], "--evaluate"),  # a --metadata option without --metadata
+    (["--scoremaps", "maps"], "--scoremaps"),
 ])
 def test_wrong_options_name_the_culprit(mixed: Path, tmp_path: Path, args: list[str], culprit: str) -> None:
     result = runner.invoke(app, ["localize", str(mixed / "gray.png"), "--out", str(tmp_path / "o"), *args])
     assert isinstance(result.exception, WSOLError) and culprit in str(result.exception)
+
+
+@pytest.mark.parametrize("args", [["--target", "3"], ["--threshold", "0.5"], ["--boxes", "all"], ["--save-maps"]])
+def test_folder_options_with_metadata_name_the_culprit(tmp_path: Path, args: list[str]) -> None:
+    result = runner.invoke(app, ["localize", "--metadata", str(tmp_path), "--data-root", str(tmp_path),
+                                 "--evaluate", *args])
+    assert isinstance(result.exception, WSOLError) and args[0] in str(result.exception)
 
 
 def test_missing_path_is_an_error(tmp_path: Path) -> None:

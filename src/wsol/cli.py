@@ -244,9 +244,19 @@ def localize(
     from wsol.files import plain
     from wsol.localize.run import LocalizeOptions, load_model, localize_images, localize_split, preprocessing
 
+    # options of one mode given in the other would be silently ignored: say so instead
+    folder_only = {"--target": target != "top1", "--threshold": threshold != 0.2, "--percentile": percentile != 100,
+                   "--boxes": boxes != "largest", "--save-maps": save_maps}
+    split_only = {"--data-root": data_root is not None, "--scoremaps": scoremaps is not None,
+                  "--evaluate": evaluate_, "--mask-root": mask_root is not None,
+                  "--cam-curve-interval": cam_curve_interval != 0.001}
     if metadata is not None:
         if paths:
             raise WSOLError("give either image PATHs or --metadata, not both")
+        stray = [flag for flag, given in folder_only.items() if given]
+        if stray:
+            raise WSOLError(f"{stray[0]} has no effect with --metadata: the maps are GT-known (the split's labels) and "
+                            "the protocol sweeps every threshold")
         if data_root is None:
             raise WSOLError("--metadata needs --data-root (the folder the image ids are relative to)")
         net = load_model(model, checkpoint)
@@ -270,6 +280,9 @@ def localize(
         if summary.total == 0:
             raise typer.Exit(1)
         return
+    stray = [flag for flag, given in split_only.items() if given]
+    if stray:
+        raise WSOLError(f"{stray[0]} works only with --metadata SPLIT_DIR")
     if not paths:
         raise WSOLError("no PATH given: wsol localize PATH... --out DIR (or --metadata SPLIT_DIR)")
     if out is None:
