@@ -21,13 +21,25 @@ import torch
 from wsol.errors import WSOLError
 
 
+def _file_mode() -> int:
+    """What ``open()`` would give a new file: 0o666 less the process umask (read once, at import)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 @contextmanager
 def replacing(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
+    The file gets the usual permissions (``mkstemp`` alone would make it readable by its owner only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
     os.close(fd)
+    os.chmod(tmp, _FILE_MODE)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
