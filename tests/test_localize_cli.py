@@ -103,6 +103,18 @@ def test_mixed_folder_good_processed_bad_listed_and_resume(mixed: Path, tmp_path
     assert isinstance(other.exception, WSOLError) and "method" in str(other.exception)
 
 
+def test_a_run_that_failed_before_any_result_does_not_block_the_folder(mixed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"method": "fcam"}))  # what a failed first attempt leaves
+    (out / "results.jsonl").write_text("")
+    result = runner.invoke(app, ["localize", str(mixed / "coffee_cup.png"), "--out", str(out), "--workers", "0",
+                                 "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run.json").read_text())["method"] == "cam"
+    assert [r["id"] for r in _records(out)] == ["coffee_cup.png"]
+
+
 def test_all_boxes_percentile_target_name(mixed: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     cat = mixed / "chelsea_cat.png"
@@ -168,6 +180,11 @@ def test_metadata_split_scoremaps_and_evaluate(mixed: Path, tmp_path: Path) -> N
                                 "--scoremaps", str(maps), "--workers", "0"])
     assert again.exit_code == 0 and "2 already there" in again.output  # resumed: nothing recomputed
     assert stamps == [(maps / f"{i}.npy").stat().st_mtime_ns for i in ids]
+    # maps of other settings are not mixed in (nor passed off as this method's)
+    other = runner.invoke(app, ["localize", "--metadata", str(split), "--data-root", str(mixed), "--scoremaps",
+                                str(maps), "--method", "gradcam", "--workers", "0", "-q"])
+    assert isinstance(other.exception, WSOLError) and "method='cam'" in str(other.exception)
+    assert json.loads((maps / "scoremaps.json").read_text())["method"] == "cam"
     result = runner.invoke(app, ["localize", "--metadata", str(split), "--data-root", str(mixed), "--evaluate",
                                  "--cam-curve-interval", "0.01", "--out", str(tmp_path / "ev"), "--workers", "0",
                                  "-q"])

@@ -263,7 +263,8 @@ def localize(
         summary = localize_split(metadata, data_root, net, method=method, scoremap_dir=scoremaps,
                                  evaluate=evaluate_, mask_root=mask_root, batch_size=batch_size, device=device,
                                  workers=workers, image_size=image_size or preprocessing(net)["size"],
-                                 cam_curve_interval=cam_curve_interval, crf=crf, quiet=quiet)
+                                 cam_curve_interval=cam_curve_interval, crf=crf,
+                                 checkpoint=str(checkpoint) if checkpoint else None, quiet=quiet)
         if summary.metrics is not None:
             text = json.dumps(plain(summary.metrics), indent=1)
             typer.echo(text)

@@ -48,6 +48,7 @@ from wsol.localize.maps import minmax_normalize, resize_map, to_score_maps
 from wsol.models.inference import inference_copy
 
 DISPLAY_SIZE = 512  # longest side of overlays and of the map boxes are traced on
+SCOREMAPS_RECORD = "scoremaps.json"  # in a --scoremaps folder: the settings its maps were made with
 
 
 def display_shape(width: int, height: int, limit: int = DISPLAY_SIZE) -> tuple[int, int]:
@@ -496,6 +497,24 @@ def _run_config(options: LocalizeOptions, model: nn.Module, checkpoint: str | No
             "percentile": options.percentile, "boxes": options.boxes, "image_size": options.image_size}
 
 
+def claim_folder(record: Path, config: dict[str, Any], has_results: bool, option: str) -> None:
+    """Resume only what the same settings made: refuse a folder whose ``record`` (the settings of the run that
+    wrote its results) differs from ``config``, then record ``config``. A folder without results (a run that
+    failed before its first batch) is taken over."""
+    if has_results and record.is_file():
+        try:
+            old = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise WSOLError(f"{option} {record.parent}: its {record.name} is unreadable; use another folder or "
+                            "delete it to start over") from None
+        diff = [k for k in config if isinstance(old, dict) and k in old and old[k] != config[k]]
+        if diff:
+            k = diff[0]
+            raise WSOLError(f"{option} {record.parent}: holds results made with {k}={old[k]!r}, not "
+                            f"{config[k]!r}; use another folder or delete it to start over")
+    write_text(record, json.dumps(config, indent=1) + "\n")
+
+
 def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.Module,
                     options: LocalizeOptions | None = None, *, quiet: bool = False,
                     checkpoint: str | None = None, log: Callable[[str], None] | None = None) -> Summary:
@@ -514,21 +533,12 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
     prep = preprocessing(model)
     size = options.image_size or prep["size"]
     options.image_size = size
+    results_path = out / "results.jsonl"
+    has_results = results_path.is_file() and any(line.strip() for line in results_path.open(encoding="utf-8",
+                                                                                            errors="replace"))
     config = _run_config(options, model, checkpoint)
-    config_path = out / "run.json"
-    if config_path.exists() and (out / "results.jsonl").exists():
-        try:
-            old = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            old = config
-        diff = [k for k in config if k in old and old[k] != config[k]]
-        if diff:
-            k = diff[0]
-            raise WSOLError(f"--out {out}: holds a run with {k}={old[k]!r}, not {config[k]!r}; "
-                            "use another --out folder or delete it to start over")
-    write_text(config_path, json.dumps(config, indent=1) + "\n")
-
-    results = ResultsLog(out / "results.jsonl")
+    claim_folder(out / "run.json", config, has_results, "--out")
+    results = ResultsLog(results_path)
     summary = Summary(out_dir=out, ignored=[str(p) for p in found.ignored])
     todo = [i for i, k in enumerate(found.keys) if k not in results.done]
     summary.resumed = len(found.keys) - len(todo)
@@ -622,9 +632,12 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
                    scoremap_dir: str | Path | None = None, evaluate: bool = False,
                    mask_root: str | Path | None = None, batch_size: int = 32, device: str = "auto",
                    workers: int | None = None, image_size: int = 224, cam_curve_interval: float = 0.001,
-                   iou_thresholds: Sequence[int] = (30, 50, 70), crf: bool = False, quiet: bool = False) -> Summary:
+                   iou_thresholds: Sequence[int] = (30, 50, 70), crf: bool = False, checkpoint: str | None = None,
+                   quiet: bool = False) -> Summary:
     """GT-known score maps (224 x 224, bicubic + min-max) of every image of a WSOL split, written as
-    ``<scoremap_dir>/<image_id>.npy`` (existing ones are kept: resume) and/or evaluated in the same pass.
+    ``<scoremap_dir>/<image_id>.npy`` (existing ones are kept: resume; ``scoremaps.json`` records the model,
+    checkpoint, method and settings, and a folder holding maps of other settings is refused) and/or
+    evaluated in the same pass.
     With ``crf``, each map is first refined by a dense CRF against the image at 224 x 224 (Bae et al.)."""
     from wsol.data.metadata import Metadata
     from wsol.metrics import BoxAccuracy, PixelAP
@@ -645,8 +658,16 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
     if evaluate and not meta.has_boxes and not use_masks:
         raise WSOLError(f"{meta.split_dir}: has no boxes; give --mask-root to evaluate its masks")
     ids = list(meta.image_ids)
-    if scoremap_dir is not None and not evaluate:
-        ids = [i for i in ids if not (Path(scoremap_dir) / f"{i}.npy").is_file()]
+    if scoremap_dir is not None:
+        maps_dir = Path(scoremap_dir)
+        if maps_dir.exists() and not maps_dir.is_dir():
+            raise WSOLError(f"--scoremaps {maps_dir}: exists and is not a folder")
+        has_maps = maps_dir.is_dir() and next(maps_dir.rglob("*.npy"), None) is not None
+        config = {"model": getattr(model, "name", type(model).__name__), "checkpoint": checkpoint,
+                  "method": method, "crf": crf, "image_size": image_size}
+        claim_folder(maps_dir / SCOREMAPS_RECORD, config, has_maps, "--scoremaps")
+        if not evaluate:
+            ids = [i for i in ids if not (maps_dir / f"{i}.npy").is_file()]
     summary = Summary(resumed=len(meta.image_ids) - len(ids))
     # the reference's eval pipeline, bit for bit: full decode, PIL bilinear to (S, S), ToTensor, Normalize
     dataset = ImageSource([root / i for i in ids], image_size, "bilinear", display_size=0, exact=True)
