@@ -72,6 +72,16 @@ def test_train_fcam_end_to_end(trained: tuple[Path, Path], tmp_path: Path) -> No
     train_fcam(config, resume=True, quiet=True)
     history = [json.loads(line) for line in (out / "val_history.jsonl").read_text().splitlines()]
     assert history[-1]["epoch"] == 2
+    # an F-CAM checkpoint where a classifier's is expected (fcam.classifier, localize --model) says so
+    for path in (out / "fcam.pt", out / "checkpoints" / "last.ckpt"):
+        with pytest.raises(WSOLError, match="an F-CAM checkpoint"):
+            load_checkpoint_model(path)
+    # resuming the classifier's run folder with the F-CAM recipe: one line, the folder untouched
+    run = clf.parent.parent
+    saved = (run / "config.yaml").read_text()
+    with pytest.raises(WSOLError, match="--resume .*first difference"):
+        train_fcam(load_fcam_config(None, _fcam_overrides(synth, clf, run)), resume=True, quiet=True)
+    assert (run / "config.yaml").read_text() == saved
 
 
 def test_config_errors(trained: tuple[Path, Path], tmp_path: Path) -> None:

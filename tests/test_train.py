@@ -157,6 +157,19 @@ def test_localize_split_on_checkpoint_equals_its_evaluation(checkpoint: Path, sy
     assert ours["masks"]["PxAP"] == reference["PxAP"]
 
 
+def test_resume_with_another_model_is_one_line_and_changes_nothing(checkpoint: Path, synth: Path) -> None:
+    run = checkpoint.parent.parent
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    config = load_config(None, tiny_overrides(synth, run, **{"model.name": "resnet18", "model.pool": "tap"}))
+    with pytest.raises(WSOLError, match="--resume .*'resnet10t'.*config.yaml"):
+        train(config, resume=True, quiet=True)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # no config.yaml, no new log folder
+    from wsol.localize.run import load_model
+
+    with pytest.raises(WSOLError, match="--model resnet18: .*'resnet10t'"):
+        load_model("resnet18", checkpoint)
+
+
 def test_checkpoint_of_another_architecture(checkpoint: Path, synth: Path, tmp_path: Path) -> None:
     config = load_config(None, tiny_overrides(synth, tmp_path, **{"model.name": "resnet18"}))
     with pytest.raises(WSOLError, match="does not fit 'resnet18'"):

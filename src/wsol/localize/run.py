@@ -305,9 +305,13 @@ def load_model(model_name: str | None = None, checkpoint: str | Path | None = No
 
     if is_fcam_checkpoint(obj):  # an F-CAM model (classifier + decoder): --method fcam, or any CAM method
         return load_fcam(path)
-    if isinstance(obj, dict) and isinstance(obj.get("wsol"), dict) and "state_dict" in obj and model_name is None:
+    if isinstance(obj, dict) and isinstance(obj.get("wsol"), dict) and "state_dict" in obj:
         from wsol.train.run import load_checkpoint_model  # a `wsol train` checkpoint rebuilds itself
 
+        recorded = obj["wsol"].get("model")
+        if model_name is not None and model_name != recorded:
+            raise WSOLError(f"--model {model_name}: {path} is a checkpoint of {recorded!r}, which it rebuilds "
+                            "itself; leave out --model")
         return load_checkpoint_model(path)
     meta: dict[str, Any] = {}
     if isinstance(obj, dict):

@@ -242,6 +242,8 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, callbacks: 
                             build_pretrained=ckpt_path is None)
     else:
         module = make_module(config, datamodule, ckpt_path is not None)
+    if ckpt_path is not None:
+        _check_resumable(Path(ckpt_path), module, out)  # before anything in the run folder changes
     _attach(module, datamodule)
     datamodule.set_normalization(module.model.data_config["mean"], module.model.data_config["std"])
     module.model.data_config.update(datamodule.eval_preprocessing())  # saved in the checkpoints
@@ -345,9 +347,26 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     obj = read_checkpoint(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("wsol"), dict) or "state_dict" not in obj:
         raise WSOLError(f"{path}: not a `wsol train` checkpoint (no 'wsol' model record)")
+    if obj["wsol"].get("kind") == "fcam":
+        raise WSOLError(f"{path}: an F-CAM checkpoint (`wsol fcam train`), not a classifier of `wsol train`; "
+                        "give the classifier's own checkpoint here")
     meta = dict(obj["wsol"])
     meta["state_dict"] = obj["state_dict"]
     return meta
+
+
+def _check_resumable(path: Path, module: L.LightningModule, out: Path) -> None:
+    """One line instead of Lightning's key-mismatch traceback when ``path`` was made by another model."""
+    obj = read_checkpoint(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise WSOLError(f"--resume {path}: not a checkpoint of `wsol train` / `wsol fcam train`")
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in obj["state_dict"].items() if isinstance(v, torch.Tensor)}
+    diff = sorted(set(own) ^ set(theirs)) or [k for k in own if own[k] != theirs[k]]
+    if diff:
+        made_by = obj.get("wsol", {}).get("model", "another model") if isinstance(obj.get("wsol"), dict) else "?"
+        raise WSOLError(f"--resume {path}: made by {made_by!r} with other weights than this run's model "
+                        f"(first difference: {diff[0]}); resume with the settings of {out / 'config.yaml'}")
 
 
 def _check_arch(path: Path, meta: dict[str, Any], model: WSOLClassifier) -> None:
