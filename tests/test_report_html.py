@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pytest
@@ -28,8 +29,9 @@ def _records(tmp_path: Path) -> list[dict]:
     for i, (key, cls, name, boxes) in enumerate(specs):
         width, height = 300 + 10 * i, 200
         image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-        write_image(tmp_path / "overlays" / f"{i}.png", render_overlay(image, rng.random((7, 7)), np.array(boxes)))
-        records.append({"id": key, "path": key, "width": width, "height": height, "overlay": f"overlays/{i}.png",
+        overlay = f"overlays/{i} #%?.png" if i == 1 else f"overlays/{i}.png"  # characters with a URL meaning
+        write_image(tmp_path / overlay, render_overlay(image, rng.random((7, 7)), np.array(boxes)))
+        records.append({"id": key, "path": key, "width": width, "height": height, "overlay": overlay,
                         "target": {"class": cls, "name": name, "prob": 0.5},
                         "top5": [{"class": cls, "name": name, "prob": 0.5}, {"class": 0, "name": "tench", "prob": 0.1}],
                         "boxes": [{"box": b, "score": 0.6} for b in boxes]})
@@ -76,12 +78,12 @@ def test_chromium_renders_every_image_and_box(tmp_path: Path) -> None:
     dom = _dump(page.resolve().as_uri(), tmp_path)
     assert dom.body.get("data-rendered") == "true", "the page's script did not run"
     assert [c["data-id"] for c in dom.cards] == [r["id"] for r in records]
-    assert sorted(dom.images) == sorted((r["id"], r["overlay"]) for r in records)
+    assert sorted(dom.images) == sorted((r["id"], quote(r["overlay"])) for r in records)
     expected = sorted((r["id"], ",".join(map(str, b["box"]))) for r in records for b in r["boxes"])
     assert sorted(dom.boxes) == expected
     assert sorted(dom.options) == ["", "281", "3", "967"]  # the class filter: all, then each target class
     for src in {s for _, s in dom.images}:
-        assert (tmp_path / src).is_file()
+        assert (tmp_path / unquote(src)).is_file()
     filtered = _dump(page.resolve().as_uri() + "#class=281", tmp_path)
     assert [c["data-id"] for c in filtered.cards] == [records[0]["id"], records[2]["id"]]
 

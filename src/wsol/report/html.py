@@ -63,7 +63,8 @@ _JS = """
     fig.className = 'card'; fig.dataset.id = r.id; fig.dataset.cls = String(r.target.class);
     const t = document.createElement('div'); t.className = 'thumb';
     const img = document.createElement('img');
-    img.loading = 'lazy'; img.src = r.overlay || ''; img.alt = r.id;
+    // a file name is not a URL: '#', '?' and '%' must be escaped, segment by segment
+    img.loading = 'lazy'; img.src = (r.overlay || '').split('/').map(encodeURIComponent).join('/'); img.alt = r.id;
     img.width = r.display_width || r.width; img.height = r.display_height || r.height;
     t.appendChild(img);
     for (const b of r.boxes) {
