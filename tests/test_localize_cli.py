@@ -132,6 +132,9 @@ def test_nothing_processable_exits_nonzero(tmp_path: Path) -> None:
     result = runner.invoke(app, ["localize", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--workers", "0"])
     assert result.exit_code == 1
     assert "a.jpg" in result.output
+    quiet = runner.invoke(app, ["localize", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--workers", "0",
+                                "-q"])
+    assert quiet.exit_code == 1 and "no image could be processed (1 unreadable" in quiet.output  # errors stay
 
 
 @pytest.mark.parametrize("args, culprit", [
@@ -148,10 +151,12 @@ def test_wrong_options_name_the_culprit(mixed: Path, tmp_path: Path, args: list[
     assert isinstance(result.exception, WSOLError) and culprit in str(result.exception)
 
 
-@pytest.mark.parametrize("args", [["--target", "3"], ["--threshold", "0.5"], ["--boxes", "all"], ["--save-maps"]])
+@pytest.mark.parametrize("args", [["--target", "3"], ["--threshold", "0.5"], ["--boxes", "all"], ["--save-maps"],
+                                  ["--mask-root", "m", "--scoremaps", "s"]])
 def test_folder_options_with_metadata_name_the_culprit(tmp_path: Path, args: list[str]) -> None:
+    evaluate = [] if "--mask-root" in args else ["--evaluate"]
     result = runner.invoke(app, ["localize", "--metadata", str(tmp_path), "--data-root", str(tmp_path),
-                                 "--evaluate", *args])
+                                 *evaluate, *args])
     assert isinstance(result.exception, WSOLError) and args[0] in str(result.exception)
 
 
@@ -179,6 +184,7 @@ def test_metadata_split_scoremaps_and_evaluate(mixed: Path, tmp_path: Path) -> N
     again = runner.invoke(app, ["localize", "--metadata", str(split), "--data-root", str(mixed),
                                 "--scoremaps", str(maps), "--workers", "0"])
     assert again.exit_code == 0 and "2 already there" in again.output  # resumed: nothing recomputed
+    assert "no --checkpoint" in again.output
     assert stamps == [(maps / f"{i}.npy").stat().st_mtime_ns for i in ids]
     # maps of other settings are not mixed in (nor passed off as this method's)
     other = runner.invoke(app, ["localize", "--metadata", str(split), "--data-root", str(mixed), "--scoremaps",

@@ -310,7 +310,7 @@ def test_pretrained_offline_error(monkeypatch) -> None:
         return real(name, pretrained=False, **kwargs)
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(WSOLError, match="'resnet10t': cannot fetch pretrained weights.*weights=PATH"):
+    with pytest.raises(WSOLError, match="'resnet10t': cannot fetch pretrained .*--checkpoint FILE.*model.weights=FILE"):
         build_model("resnet10t", pretrained=True)
 
 

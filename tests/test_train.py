@@ -155,6 +155,9 @@ def test_localize_split_on_checkpoint_equals_its_evaluation(checkpoint: Path, sy
     for key in ("MaxBoxAcc", "MaxBoxAccV2", "top1_loc"):
         assert ours["boxes"][key] == reference[key], key
     assert ours["masks"]["PxAP"] == reference["PxAP"]
+    boxes_only = localize_split(synth / "metadata" / "test", synth / "images", model, evaluate=True, workers=0,
+                                image_size=64, cam_curve_interval=0.01, quiet=True)
+    assert "masks" not in boxes_only.metrics and any("--mask-root" in n for n in boxes_only.notes)
 
 
 def test_resume_with_another_model_is_one_line_and_changes_nothing(checkpoint: Path, synth: Path) -> None:

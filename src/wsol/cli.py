@@ -73,6 +73,8 @@ def evaluate(
     except ValueError:
         raise WSOLError(f"--iou: expected integers such as '30 50 70', got {iou!r}") from None
     split = Metadata.load(metadata, mask_root=mask_root)
+    if split.has_masks and mask_root is None and not quiet:
+        console.print(f"note: {metadata} has masks: give --mask-root to evaluate PxAP too", highlight=False)
     with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.speed} maps/s"),
                   TimeRemainingColumn(), console=console, disable=quiet, transient=True) as progress:
         task = progress.add_task("maps", total=len(split))
@@ -254,6 +256,8 @@ def localize(
         if paths:
             raise WSOLError("give either image PATHs or --metadata, not both")
         stray = [flag for flag, given in folder_only.items() if given]
+        if mask_root is not None and not evaluate_:
+            raise WSOLError("--mask-root is read only with --evaluate (the masks give PxAP)")
         if stray:
             raise WSOLError(f"{stray[0]} has no effect with --metadata: the maps are GT-known (the split's labels) and "
                             "the protocol sweeps every threshold")
@@ -273,6 +277,10 @@ def localize(
 
                 write_text(out / "metrics.json", text + "\n")
         if not quiet:
+            if checkpoint is None and model is None:
+                summary.notes.append("no --checkpoint: these are the embedded ImageNet model's maps")
+            for note in summary.notes:
+                console.print(f"note: {note}", highlight=False, soft_wrap=True)
             console.print(f"{summary.processed} score maps in {summary.seconds:.1f}s "
                           f"({summary.images_per_second:.1f} images/s), {summary.resumed} already there"
                           + (f", {len(summary.skipped)} unreadable" if summary.skipped else ""), highlight=False)
@@ -303,8 +311,9 @@ def localize(
         for path in summary.ignored:
             console.print(f"  ignored {path}: not an image file", highlight=False, soft_wrap=True)
     if summary.total == 0:
-        if not quiet:
-            console.print("[bold red]error:[/] no image could be processed", highlight=False)
+        console.print("[bold red]error:[/] no image could be processed"  # shown with --quiet too
+                      + (f" ({len(summary.skipped)} unreadable, {len(summary.ignored)} not images)" if quiet else ""),
+                      highlight=False)
         raise typer.Exit(1)
 
 

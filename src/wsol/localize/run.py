@@ -426,6 +426,7 @@ class Summary:
     seconds: float = 0.0
     out_dir: Path | None = None
     metrics: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)  # things the user may not have meant
 
     @property
     def images_per_second(self) -> float:
@@ -661,6 +662,9 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
     use_masks = evaluate and meta.has_masks and mask_root is not None
     if evaluate and not meta.has_boxes and not use_masks:
         raise WSOLError(f"{meta.split_dir}: has no boxes; give --mask-root to evaluate its masks")
+    notes = []
+    if evaluate and meta.has_masks and not use_masks:
+        notes.append(f"{meta.split_dir} has masks: give --mask-root to evaluate PxAP too")
     ids = list(meta.image_ids)
     if scoremap_dir is not None:
         maps_dir = Path(scoremap_dir)
@@ -672,7 +676,7 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
         claim_folder(maps_dir / SCOREMAPS_RECORD, config, has_maps, "--scoremaps")
         if not evaluate:
             ids = [i for i in ids if not (maps_dir / f"{i}.npy").is_file()]
-    summary = Summary(resumed=len(meta.image_ids) - len(ids))
+    summary = Summary(resumed=len(meta.image_ids) - len(ids), notes=notes)
     # the reference's eval pipeline, bit for bit: full decode, PIL bilinear to (S, S), ToTensor, Normalize
     dataset = ImageSource([root / i for i in ids], image_size, "bilinear", display_size=0, exact=True)
     labels = torch.tensor([meta.labels[i] for i in ids], dtype=torch.long)

@@ -125,7 +125,8 @@ def _create_timm(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     except Exception as exc:  # noqa: BLE001
         if pretrained:
             raise WSOLError(f"model {name!r}: cannot fetch pretrained weights ({type(exc).__name__}); "
-                            "pass weights=PATH (--weights) to load a local checkpoint") from exc
+                            "use local weights instead: `wsol localize --checkpoint FILE`, `wsol train "
+                            "model.weights=FILE`, or build_model(..., weights=FILE)") from exc
         raise WSOLError(f"model {name!r}: cannot be built ({type(exc).__name__}: {exc})") from exc
 
 

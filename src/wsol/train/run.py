@@ -172,6 +172,8 @@ def make_trainer(config: TrainConfig, out: Path, *, callbacks: Sequence[Callback
         logger = [CSVLogger(out, name="logs")]
         if t.tensorboard:
             logger.append(TensorBoardLogger(out, name="tb", default_hp_metric=False))
+    if quiet:  # Lightning's info lines (devices, tips, batch limits, "fit stopped") go too, for the process
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     strategy: Any = t.strategy
     devices = _devices(t.devices)
     if strategy == "auto" and ((isinstance(devices, int) and devices > 1) or isinstance(devices, list)
