@@ -29,9 +29,9 @@ import torch
 from wsol.data.metadata import Metadata
 from wsol.data.synth import SynthConfig, generate, is_current
 from wsol.localize.boxes import boxes_from_map
+from wsol.localize.variants import MapVariant
 from wsol.train.config import load_config
 from wsol.train.data import build_transforms
-from wsol.train.maps import MapVariant
 from wsol.train.run import load_checkpoint_model, train
 
 ROOT = Path(__file__).resolve().parents[1]

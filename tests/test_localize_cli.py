@@ -124,6 +124,15 @@ def test_all_boxes_percentile_target_name(mixed: Path, tmp_path: Path) -> None:
     (record,) = _records(out)
     assert record["target"]["class"] == 281 and record["percentile"] == 90
     assert len(record["boxes"]) >= 1
+    nwc = runner.invoke(app, ["localize", str(cat), "--out", str(tmp_path / "nwc"), "--method", "cam+nwc",
+                              "--save-maps", "--workers", "0", "-q"])
+    assert nwc.exit_code == 0, nwc.output
+    plain = runner.invoke(app, ["localize", str(cat), "--out", str(tmp_path / "plain"), "--save-maps", "--workers",
+                                "0", "-q"])
+    assert plain.exit_code == 0, plain.output
+    nwc_map = np.load(tmp_path / "nwc" / _records(tmp_path / "nwc")[0]["map"])
+    plain_map = np.load(tmp_path / "plain" / _records(tmp_path / "plain")[0]["map"])
+    assert np.abs(nwc_map - plain_map).max() > 0.01  # negative weights clamped: another map
 
 
 def test_nothing_processable_exits_nonzero(tmp_path: Path) -> None:
@@ -141,6 +150,8 @@ def test_nothing_processable_exits_nonzero(tmp_path: Path) -> None:
     (["--threshold", "1.5"], "--threshold"),
     (["--boxes", "some"], "--boxes"),
     (["--method", "nope"], "nope"),
+    (["--method", "cam+pas"], "--percentile 90"),  # PaS in folder mode is the threshold rule
+    (["--method", "cam+bogus"], "bogus"),
     (["--target", "9999"], "--target"),
     (["--target", "no such class"], "--target"),
     (["--evaluate"], "--evaluate"),  # a --metadata option without --metadata

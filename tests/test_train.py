@@ -146,15 +146,18 @@ def test_localize_split_on_checkpoint_equals_its_evaluation(checkpoint: Path, sy
     assert preprocessing(model) == {"size": 64, "interpolation": "bilinear", "mean": (0.5, 0.4, 0.3),
                                     "std": (0.2, 0.25, 0.3)}
     config = load_config(None, tiny_overrides(synth, tmp_path, **{"model.pool": "tap"}))
-    reference = evaluate(config, checkpoint, methods=["cam"])["cam"]
-    ours = localize_split(synth / "metadata" / "test", synth / "images", model, method="cam", evaluate=True,
-                          mask_root=synth / "masks", image_size=preprocessing(model)["size"], workers=0,
-                          batch_size=4,  # the test stage's: float sums agree bit for bit
-                          cam_curve_interval=0.01, quiet=True).metrics
-    assert ours["boxes"]["num_images"] == 9
-    for key in ("MaxBoxAcc", "MaxBoxAccV2", "top1_loc"):
-        assert ours["boxes"][key] == reference[key], key
-    assert ours["masks"]["PxAP"] == reference["PxAP"]
+    variants = ["cam", "cam+pas", "cam+nwc", "gradcam"]
+    reference = evaluate(config, checkpoint, methods=variants)
+    for spec in variants:
+        ours = localize_split(synth / "metadata" / "test", synth / "images", model, method=spec, evaluate=True,
+                              mask_root=synth / "masks", image_size=preprocessing(model)["size"], workers=0,
+                              batch_size=4,  # the test stage's: float sums agree bit for bit
+                              cam_curve_interval=0.01, quiet=True).metrics
+        assert ours["boxes"]["num_images"] == 9
+        for key in ("MaxBoxAcc", "MaxBoxAccV2", "top1_loc"):
+            assert ours["boxes"][key] == reference[spec][key], (spec, key)
+        assert ours["masks"]["PxAP"] == reference[spec]["PxAP"], spec
+    assert reference["cam+pas"]["PxAP"] != reference["cam"]["PxAP"]  # the variants do differ here
     boxes_only = localize_split(synth / "metadata" / "test", synth / "images", model, evaluate=True, workers=0,
                                 image_size=64, cam_curve_interval=0.01, quiet=True)
     assert "masks" not in boxes_only.metrics and any("--mask-root" in n for n in boxes_only.notes)

@@ -220,7 +220,8 @@ def localize(
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder: results.jsonl, overlays/, index.html."),
     model: str | None = typer.Option(None, help="Model name (default: the embedded EfficientNet-Lite0, offline)."),
     checkpoint: Path | None = typer.Option(None, help="A checkpoint of a model trained with wsol."),
-    method: str = typer.Option("cam", help="Activation-map method (any registered one: cam, gradcam, pc1...)."),
+    method: str = typer.Option("cam", help="Activation-map method (any registered one: cam, gradcam, pc1...; "
+                                           "cam+nwc; cam+pas with --metadata)."),
     target: str = typer.Option("top1", help="Class to localize: top1, a class index or a class name."),
     threshold: float = typer.Option(0.2, help="Foreground = map > threshold x reference value."),
     percentile: float = typer.Option(100.0, help="Reference value: this percentile of the map (100 = the max)."),
@@ -260,7 +261,7 @@ def localize(
             raise WSOLError("--mask-root is read only with --evaluate (the masks give PxAP)")
         if stray:
             raise WSOLError(f"{stray[0]} has no effect with --metadata: the maps are GT-known (the split's labels) and "
-                            "the protocol sweeps every threshold")
+                            "the protocol sweeps every threshold (for PaS: --method cam+pas)")
         if data_root is None:
             raise WSOLError("--metadata needs --data-root (the folder the image ids are relative to)")
         net = load_model(model, checkpoint)

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2.functional import resize
 
-from wsol.cams import compute_cams, get_method
+from wsol.cams import compute_cams
 from wsol.data.images import find_image_files, read_image
 from wsol.data.transforms import normalize_batch
 from wsol.errors import WSOLError
@@ -45,6 +45,7 @@ from wsol.files import read_checkpoint, save_npy, write_text
 from wsol.localize.boxes import contour_boxes, mask_from_map
 from wsol.localize.crf import crf_refine
 from wsol.localize.maps import minmax_normalize, resize_map, to_score_maps
+from wsol.localize.variants import MapVariant, pas_normalize
 from wsol.models.inference import inference_copy
 
 DISPLAY_SIZE = 512  # longest side of overlays and of the map boxes are traced on
@@ -232,7 +233,9 @@ class LocalizeOptions:
             raise WSOLError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.image_size is not None and not 32 <= self.image_size <= 4096:
             raise WSOLError(f"--image-size must lie in [32, 4096], got {self.image_size}")
-        get_method(self.method)  # raises for an unknown method
+        if MapVariant.parse(self.method).pas:  # raises for an unknown method or modifier
+            raise WSOLError(f"--method {self.method}: here PaS is --percentile 90 --threshold 0.35 (the boxes' "
+                            "threshold relative to the map's 90th percentile); +pas is for --metadata")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -605,8 +608,10 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
     start = time.perf_counter()
     try:
         if files:
+            variant = MapVariant.parse(options.method)
             localize_loader(model, _loader(dataset, options.batch_size, workers, device), write,
-                            method=options.method, targets=target, device=device, on_batch=on_batch, threads=2)
+                            method=variant.method, method_options=variant.options, targets=target, device=device,
+                            on_batch=on_batch, threads=2)
     finally:
         summary.seconds = time.perf_counter() - start
         progress.close()
@@ -649,7 +654,7 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
 
     if scoremap_dir is None and not evaluate:
         raise WSOLError("--metadata needs --scoremaps DIR and/or --evaluate")
-    get_method(method)
+    variant = MapVariant.parse(method)  # cam, gradcam, ... and cam+nwc, cam+pas as `wsol train` evaluates them
     dev = resolve_device(device)
     meta = Metadata.load(split_dir, mask_root)
     root = Path(data_root)
@@ -690,6 +695,8 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
         maps = to_score_maps(result.maps, (224, 224)).astype(np.float32)
         if crf:
             maps = crf_on_images(result.batch["images"], maps)
+        if variant.pas:
+            maps = pas_normalize(maps)
         if scoremap_dir is not None:
             for image_id, m in zip(batch_ids, maps):
                 save_npy(Path(scoremap_dir) / f"{image_id}.npy", m)
@@ -713,7 +720,7 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
         if ids:
             # one writer thread: metric updates are not thread-safe
             localize_loader(model, _loader(dataset, batch_size, default_workers(dev) if workers is None else workers,
-                                           dev), write, method=method,
+                                           dev), write, method=variant.method, method_options=variant.options,
                             targets=lambda b: labels[b["indices"]], device=dev, on_batch=on_batch, threads=1)
     finally:
         summary.seconds = time.perf_counter() - start

@@ -20,10 +20,10 @@ from torchmetrics import Metric
 from wsol.data.metadata import Metadata
 from wsol.errors import WSOLError
 from wsol.files import plain
+from wsol.localize.variants import MapVariant
 from wsol.metrics import BoxAccuracy, PixelAP
 from wsol.models import WSOLClassifier, build_model
 from wsol.train.config import TrainConfig, config_from_dict
-from wsol.train.maps import MapVariant
 
 
 class ClassAccuracy(Metric):

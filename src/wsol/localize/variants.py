@@ -1,4 +1,4 @@
-"""Map variants evaluated by training: a CAM method plus optional NWC and PaS, as score maps at 224.
+"""Map variants (a CAM method plus optional NWC and PaS) as score maps at 224, for evaluations.
 
 A variant is written ``method[+nwc][+pas]``: ``cam``, ``cam+nwc``, ``cam+pas``, ``pc1``, ``gradcam``...
 
@@ -46,10 +46,14 @@ class MapVariant:
         get_method(method, **({"nwc": True} if "nwc" in flags else {}))  # validates the method name
         return cls(spec=str(spec), method=method, nwc="nwc" in flags, pas="pas" in flags)
 
+    @property
+    def options(self) -> dict[str, bool]:
+        """Keyword options of the method (:func:`wsol.cams.compute_cams`)."""
+        return {"nwc": True} if self.nwc else {}
+
     def raw_maps(self, model: nn.Module, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Raw maps (B, h, w) of ``targets`` and the logits."""
-        options = {"nwc": True} if self.nwc else {}
-        out = compute_cams(model, images, targets, self.method, **options)  # works under no_grad too
+        out = compute_cams(model, images, targets, self.method, **self.options)  # works under no_grad too
         return out.maps, out.logits
 
     def score_maps(self, raw: Tensor) -> np.ndarray:
