@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -78,6 +80,26 @@ def test_size_cap_and_jpeg_draft(tmp_path, monkeypatch):
     monkeypatch.setattr(images_module, "MAX_PIXELS", 1000)
     with pytest.raises(WSOLError, match="big.jpg: too large"):
         load_image(tmp_path / "big.jpg")
+    monkeypatch.setattr(images_module, "MAX_PIXELS", 200_000)  # 240,000 pixels: PIL alone refuses only at 2x
+    with pytest.raises(WSOLError, match="big.jpg: too large .600 x 400"):
+        load_image(tmp_path / "big.jpg")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX links and pipes")
+def test_find_image_files_survives_link_loops_and_pipes(tmp_path):
+    from wsol.data.images import find_image_files
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    os.symlink("..", tmp_path / "d" / "up1")  # two links back up: an unguarded walk grows exponentially
+    os.symlink("..", tmp_path / "d" / "up2")
+    os.mkfifo(tmp_path / "d" / "pipe.jpg")  # reading it would block forever
+    found = find_image_files(str(tmp_path))  # a single path as a string, too
+    assert found.keys == ["d/a.png"]
+    assert sorted(p.name for p in found.ignored) == ["notes.txt", "pipe.jpg"]
+    with pytest.raises(WSOLError, match="pipe.jpg: not a regular file"):
+        find_image_files([tmp_path / "d" / "pipe.jpg"])
 
 
 def test_find_images_sorted_recursive_and_explicit_files(tmp_path):

@@ -115,6 +115,25 @@ def test_a_run_that_failed_before_any_result_does_not_block_the_folder(mixed: Pa
     assert [r["id"] for r in _records(out)] == ["coffee_cup.png"]
 
 
+def test_a_file_name_that_is_not_utf8_is_processed_and_resumed(mixed: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = os.fsdecode(b"caf\xe9 \xff.png")  # Latin-1 bytes: not UTF-8, kept by Python as surrogates
+    shutil.copy(mixed / "coffee_cup.png", folder / odd)
+    shutil.copy(mixed / "coffee_cup.png", folder / "tasse à café.png")
+    out = tmp_path / "out"
+    for _ in range(2):
+        result = runner.invoke(app, ["localize", str(folder), "--out", str(out), "--workers", "0", "-q"])
+        assert result.exit_code == 0, result.output
+    assert sorted(r["id"] for r in _records(out)) == sorted([odd, "tasse à café.png"])  # once each
+    assert "tasse à café" in (out / "results.jsonl").read_text(encoding="utf-8")  # readable where it can be
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "\\udcff" in page and "tasse" in page
+
+
 def test_all_boxes_percentile_target_name(mixed: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     cat = mixed / "chelsea_cat.png"

@@ -76,6 +76,18 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
+def json_text(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` keeping non-ASCII text readable, except where a string is not valid Unicode (a file name
+    with undecodable bytes, kept by Python as lone surrogates): then everything is ``\\u``-escaped, which
+    JSON readers (Python, browsers) turn back into the same string."""
+    text = json.dumps(value, ensure_ascii=False, **kwargs)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, ensure_ascii=True, **kwargs)
+    return text
+
+
 def write_json(path: str | Path, payload: Any) -> None:
     """``payload`` (made :func:`plain`) as indented JSON, atomically."""
     write_text(path, json.dumps(plain(payload), indent=2, sort_keys=True) + "\n")

@@ -46,13 +46,17 @@ class Discovered:
     ignored: list[Path] = field(default_factory=list)
 
 
-def find_image_files(paths: Sequence[str | Path]) -> Discovered:
+def find_image_files(paths: str | Path | Sequence[str | Path]) -> Discovered:
     """Images under ``paths`` (files, or folders searched recursively, hidden entries skipped), sorted.
 
     A file named explicitly is always tried; inside folders only known image extensions are taken and
-    other files are reported in ``ignored``. Keys are paths relative to their folder (prefixed with the
-    folder's name when several paths are given), unique, with ``/`` separators.
+    other files (and pipes, sockets, devices, which would block or never end) are reported in ``ignored``.
+    Symbolic links are followed, each real folder visited once (a link back up would loop). Keys are paths
+    relative to their folder (prefixed with the folder's name when several paths are given), unique, with
+    ``/`` separators.
     """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
     found = Discovered()
     seen: set[Path] = set()
     used: set[str] = set()
@@ -76,17 +80,27 @@ def find_image_files(paths: Sequence[str | Path]) -> Discovered:
         if root.is_file():
             add(root, root.name)
         elif root.is_dir():
+            visited: set[str] = set()
             for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                real = os.path.realpath(dirpath)
+                if real in visited:
+                    dirnames[:] = []
+                    continue
+                visited.add(real)
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
                     if name.startswith("."):
                         continue
                     path = Path(dirpath) / name
                     rel = path.relative_to(root).as_posix()
-                    if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    if path.exists() and not path.is_file():  # a pipe or device: reading it could block
+                        found.ignored.append(path)
+                    elif path.suffix.lower() in IMAGE_EXTENSIONS:
                         add(path, f"{root.resolve().name}/{rel}" if several else rel)
                     else:
                         found.ignored.append(path)
+        elif root.exists():
+            raise WSOLError(f"{root}: not a regular file or folder (a pipe or device?)")
         else:
             raise WSOLError(f"{root}: no such file or folder")
     return found
@@ -147,6 +161,9 @@ def read_image(path: str | Path, draft_size: int | None = None) -> tuple[Image.I
             raise WSOLError(f"{path}: too large (over {MAX_PIXELS // 1_000_000} megapixels)") from None
         except OSError as exc:
             raise WSOLError(f"{path}: cannot be opened ({exc})") from None
+        if image.size[0] * image.size[1] > MAX_PIXELS:  # PIL itself only refuses twice its limit
+            raise WSOLError(f"{path}: too large ({image.size[0]} x {image.size[1]}, over "
+                            f"{MAX_PIXELS // 1_000_000} megapixels)")
         try:
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1

@@ -41,7 +41,7 @@ from wsol.cams import compute_cams
 from wsol.data.images import find_image_files, read_image
 from wsol.data.transforms import normalize_batch
 from wsol.errors import WSOLError
-from wsol.files import read_checkpoint, save_npy, write_text
+from wsol.files import json_text, read_checkpoint, save_npy, write_text
 from wsol.localize.boxes import contour_boxes, mask_from_map
 from wsol.localize.crf import crf_refine
 from wsol.localize.maps import minmax_normalize, resize_map, to_score_maps
@@ -380,7 +380,7 @@ class ResultsLog:
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         if not records:
             return
-        self._handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self._handle.write("".join(json_text(r) + "\n" for r in records))
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self.records.extend(records)

@@ -10,12 +10,11 @@ in original-image pixels, and every card a ``figure.card`` with ``data-id``; tes
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from wsol.files import write_text
+from wsol.files import json_text, write_text
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}
@@ -113,7 +112,7 @@ _JS = """
 
 def _json_for_script(payload: Any) -> str:
     """JSON safe inside ``<script>``: no ``</`` sequence, no HTML comment openers."""
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    text = json_text(payload, separators=(",", ":"))
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
