@@ -176,6 +176,20 @@ def test_resume_with_another_model_is_one_line_and_changes_nothing(checkpoint: P
         load_model("resnet18", checkpoint)
 
 
+def test_divergence_stops_training_and_nan_weights_are_refused(checkpoint: Path, synth: Path,
+                                                                tmp_path: Path) -> None:
+    config = load_config(None, tiny_overrides(synth, tmp_path / "nan", **{"optim.lr": 1e30, "trainer.epochs": 1}))
+    with pytest.raises(WSOLError, match="training diverged: the loss is (nan|inf)"):
+        train(config, quiet=True)
+    state = torch.load(checkpoint, weights_only=True)
+    state["state_dict"]["model.head.fc.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.ckpt")
+    from wsol.localize.run import load_model
+
+    with pytest.raises(WSOLError, match="nan.ckpt: 1 weight tensors hold NaN or inf .first: head.fc.weight"):
+        load_model(None, tmp_path / "nan.ckpt")
+
+
 def test_checkpoint_of_another_architecture(checkpoint: Path, synth: Path, tmp_path: Path) -> None:
     config = load_config(None, tiny_overrides(synth, tmp_path, **{"model.name": "resnet18"}))
     with pytest.raises(WSOLError, match="does not fit 'resnet18'"):

@@ -290,8 +290,17 @@ def load_model(model_name: str | None = None, checkpoint: str | Path | None = No
     An F-CAM checkpoint (``fcam.pt`` or a ``wsol fcam train`` checkpoint) rebuilds the classifier with its
     decoder. A ``wsol train`` checkpoint (with its ``"wsol"`` record) rebuilds itself through
     :func:`wsol.train.run.load_checkpoint_model`; for other state dicts the architecture is ``model_name``
-    (default the embedded model) with K from the head's shape.
+    (default the embedded model) with K from the head's shape. Weights holding NaN or inf are refused.
     """
+    from wsol.models import check_finite_weights
+
+    model = _load_model(model_name, checkpoint)
+    if checkpoint is not None:
+        check_finite_weights(model, checkpoint)
+    return model
+
+
+def _load_model(model_name: str | None, checkpoint: str | Path | None) -> nn.Module:
     from wsol.models import EMBEDDED_MODEL, build_model
 
     if checkpoint is None:

@@ -2,7 +2,7 @@
 
 from wsol.models import replknet as _replknet  # noqa: F401  (registers replknet_* with timm)
 from wsol.models import slak as _slak  # noqa: F401  (registers slak_* with timm)
-from wsol.models.classifier import WSOLClassifier, load_weights
+from wsol.models.classifier import WSOLClassifier, check_finite_weights, load_weights
 from wsol.models.factory import EMBEDDED_MODEL, WSOL_MODELS, build_model, list_models
 from wsol.models.heads import BatchNormHead, LayerNormHead, LinearHead, Pool, tap_pool
 
@@ -15,6 +15,7 @@ __all__ = [
     "Pool",
     "WSOLClassifier",
     "build_model",
+    "check_finite_weights",
     "list_models",
     "load_weights",
     "tap_pool",

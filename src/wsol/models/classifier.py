@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from wsol.errors import WSOLError
@@ -174,6 +175,14 @@ def _problems(model: nn.Module, state: Mapping[str, Tensor]) -> tuple[list[str],
 def _fmt(keys: list[str], n: int = 4) -> str:
     more = f" ... ({len(keys)} in all)" if len(keys) > n else ""
     return ", ".join(keys[:n]) + more
+
+
+def check_finite_weights(model: nn.Module, source: str | Path) -> None:
+    """Refuse weights holding NaN or inf (a diverged training): every map and score would be meaningless."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise WSOLError(f"{source}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); "
+                        "did its training diverge?")
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

@@ -84,6 +84,13 @@ class WSOLModule(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    def on_before_backward(self, loss: Tensor) -> None:
+        """Stop at the first non-finite loss: a diverged run would otherwise finish, exit 0 and leave NaN
+        weights behind (the last checkpoint, from before, stays resumable)."""
+        if not torch.isfinite(loss.detach()).all():
+            raise WSOLError(f"training diverged: the loss is {loss.detach().float().mean().item()} at epoch "
+                            f"{self.current_epoch}, step {self.global_step}; lower optim.lr or check the data")
+
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels, _ = batch
         logits = self.model(images)

@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressB
 
 from wsol.errors import WSOLError
 from wsol.files import plain, read_checkpoint, write_json
-from wsol.models import WSOLClassifier, build_model
+from wsol.models import WSOLClassifier, build_model, check_finite_weights
 from wsol.train.config import TrainConfig
 from wsol.train.data import WSOLDataModule
 from wsol.train.module import WSOLModule, check_selectable, flat_metrics, select_metric
@@ -395,7 +395,12 @@ def load_checkpoint_model(path: str | Path, map_location: str | torch.device = "
     if missing or unexpected:
         raise WSOLError(f"{path}: weights do not fit {meta['model']!r} "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # shapes that disagree with the record (e.g. num_classes)
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise WSOLError(f"{path}: weights do not fit {meta['model']!r} ({first})") from None
+    check_finite_weights(model, path)
     if meta.get("class_names"):
         model.class_names = list(meta["class_names"])
     if isinstance(meta.get("data_config"), dict):
