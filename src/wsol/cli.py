@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from wsol.errors import WSOLError
+from wsol.errors import WSOLError, one_line
 
 app = typer.Typer(
     name="wsol",
@@ -28,7 +28,7 @@ def run() -> None:
     try:
         app()
     except WSOLError as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {one_line(error)}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
