@@ -173,6 +173,9 @@ def test_nothing_processable_exits_nonzero(tmp_path: Path) -> None:
     (["--method", "cam+bogus"], "bogus"),
     (["--target", "9999"], "--target"),
     (["--target", "no such class"], "--target"),
+    (["--workers", "-1"], "--workers"),
+    (["--device", "meta"], "--device meta"),
+    (["--device", "mps"], "--device mps"),
     (["--evaluate"], "--evaluate"),  # a --metadata option without --metadata
     (["--scoremaps", "maps"], "--scoremaps"),
 ])

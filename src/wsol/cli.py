@@ -5,6 +5,7 @@ Errors a user can fix (:class:`~wsol.errors.WSOLError`) print as one line and ex
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,11 +25,17 @@ console = Console(stderr=True)
 
 
 def run() -> None:
-    """Console-script entry point: the Typer app with one-line errors."""
+    """Console-script entry point: the Typer app with one-line errors (also for the file system's: a full
+    disk, a permission, a path that is not what it should be; WSOL_DEBUG=1 shows their traceback)."""
     try:
         app()
     except WSOLError as error:
         console.print(f"[bold red]error:[/] {one_line(error)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as error:
+        if os.environ.get("WSOL_DEBUG"):
+            raise
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
@@ -72,6 +79,15 @@ def evaluate(
         iou_thresholds = tuple(int(v) for v in iou.replace(",", " ").split())
     except ValueError:
         raise WSOLError(f"--iou: expected integers such as '30 50 70', got {iou!r}") from None
+    from wsol.files import check_output_path
+
+    if json_out is not None:
+        check_output_path(json_out, "--json")
+    if plot is not None:
+        from wsol.report.curves import plot_format
+
+        check_output_path(plot, "--plot")
+        plot_format(plot)
     split = Metadata.load(metadata, mask_root=mask_root)
     if split.has_masks and mask_root is None and not quiet:
         console.print(f"note: {metadata} has masks: give --mask-root to evaluate PxAP too", highlight=False)
@@ -264,6 +280,10 @@ def localize(
                             "the protocol sweeps every threshold (for PaS: --method cam+pas)")
         if data_root is None:
             raise WSOLError("--metadata needs --data-root (the folder the image ids are relative to)")
+        if out is not None:
+            from wsol.files import check_output_path
+
+            check_output_path(out, "--out", folder=True)
         net = load_model(model, checkpoint)
         summary = localize_split(metadata, data_root, net, method=method, scoremap_dir=scoremaps,
                                  evaluate=evaluate_, mask_root=mask_root, batch_size=batch_size, device=device,

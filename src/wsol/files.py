@@ -48,6 +48,17 @@ def replacing(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def check_output_path(path: str | Path, option: str, folder: bool = False) -> None:
+    """Fail before the work rather than after it: ``path`` must be creatable as a file (``folder``: as a
+    folder), i.e. not the other kind already, under a nearest existing parent that is a folder."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise WSOLError(f"{option} {path}: exists and is {'not ' if folder else ''}a folder")
+    parent = next((q for q in path.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise WSOLError(f"{option} {path}: {parent} is not a folder")
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with replacing(path) as tmp:
         tmp.write_bytes(data)

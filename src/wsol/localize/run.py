@@ -231,6 +231,8 @@ class LocalizeOptions:
             raise WSOLError(f"--boxes must be 'largest' or 'all', got {self.boxes!r}")
         if self.batch_size < 1:
             raise WSOLError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise WSOLError(f"--workers must be >= 0, got {self.workers}")
         if self.image_size is not None and not 32 <= self.image_size <= 4096:
             raise WSOLError(f"--image-size must lie in [32, 4096], got {self.image_size}")
         if MapVariant.parse(self.method).pas:  # raises for an unknown method or modifier
@@ -246,8 +248,16 @@ def resolve_device(device: str) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
         raise WSOLError(f"--device {device!r} is not a device (try cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WSOLError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise WSOLError(f"--device {device}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise WSOLError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise WSOLError(f"--device {device}: Apple's MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise WSOLError(f"--device {device}: not supported here (use cpu, cuda, cuda:N or mps)")
     return dev
 
 
@@ -664,6 +674,8 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
     if scoremap_dir is None and not evaluate:
         raise WSOLError("--metadata needs --scoremaps DIR and/or --evaluate")
     variant = MapVariant.parse(method)  # cam, gradcam, ... and cam+nwc, cam+pas as `wsol train` evaluates them
+    if batch_size < 1 or (workers is not None and workers < 0):
+        raise WSOLError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
     dev = resolve_device(device)
     meta = Metadata.load(split_dir, mask_root)
     root = Path(data_root)

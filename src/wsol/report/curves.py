@@ -9,14 +9,27 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from wsol.errors import WSOLError  # noqa: E402
 from wsol.files import replacing  # noqa: E402
 from wsol.metrics.box_accuracy import BoxAccuracy  # noqa: E402
 from wsol.metrics.pixel_ap import PixelAP  # noqa: E402
 
 
+def plot_format(path: str | Path) -> str:
+    """The image format of ``path`` by its suffix (png when it has none); one line for an unknown one."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        raise WSOLError(f"--plot {path}: cannot write .{fmt} (use one of {', '.join(sorted(supported))})")
+    return fmt
+
+
 def plot_curves(path: str | Path, boxes: BoxAccuracy | None = None, masks: PixelAP | None = None,
                 title: str = "") -> None:
-    """One PNG with a panel per available metric; written atomically."""
+    """One figure with a panel per available metric, in the format of the path's suffix; written atomically."""
+    fmt = plot_format(path)
     panels = [p for p in (boxes, masks) if p is not None]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, metric in zip(axes[0], panels):
@@ -39,6 +52,6 @@ def plot_curves(path: str | Path, boxes: BoxAccuracy | None = None, masks: Pixel
     fig.tight_layout()
     try:
         with replacing(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
+            fig.savefig(tmp, dpi=100, format=fmt)
     finally:
         plt.close(fig)
