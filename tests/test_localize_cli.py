@@ -94,13 +94,24 @@ def test_mixed_folder_good_processed_bad_listed_and_resume(mixed: Path, tmp_path
     html = (out / "index.html").read_text()
     assert all(json.dumps(i)[1:-1] in html for i in GOOD)
 
-    again = runner.invoke(app, ["localize", str(mixed), "--out", str(out), "--workers", "0", "-q"])
+    again = runner.invoke(app, ["localize", str(mixed), "--out", str(out), "--workers", "0", "--save-maps", "-q"])
     assert again.exit_code == 0, again.output
     assert again.output == ""  # --quiet
     assert sorted(r["id"] for r in _records(out)) == sorted(GOOD)  # nothing redone, nothing duplicated
 
-    other = runner.invoke(app, ["localize", str(mixed), "--out", str(out), "--method", "gradcam", "-q"])
+    other = runner.invoke(app, ["localize", str(mixed), "--out", str(out), "--method", "gradcam", "--save-maps",
+                                "-q"])
     assert isinstance(other.exception, WSOLError) and "method" in str(other.exception)
+    no_maps = runner.invoke(app, ["localize", str(mixed), "--out", str(out), "-q"])  # would leave records without
+    assert isinstance(no_maps.exception, WSOLError) and "save_maps=True" in str(no_maps.exception)
+    # another PATH list: the images already done (now under other keys) are not done twice
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "cup.png").write_bytes((mixed / "coffee_cup.png").read_bytes())
+    more = runner.invoke(app, ["localize", str(mixed), str(extra), "--out", str(out), "--workers", "0", "--save-maps",
+                               "-q"])
+    assert more.exit_code == 0, more.output
+    assert sorted(r["id"] for r in _records(out)) == sorted([*GOOD, "extra/cup.png"])
 
 
 def test_a_run_that_failed_before_any_result_does_not_block_the_folder(mixed: Path, tmp_path: Path) -> None:

@@ -520,7 +520,7 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.devic
 def _run_config(options: LocalizeOptions, model: nn.Module, checkpoint: str | None) -> dict[str, Any]:
     return {"model": getattr(model, "name", type(model).__name__), "checkpoint": checkpoint,
             "method": options.method, "target": str(options.target), "threshold": options.threshold,
-            "crf": options.crf,
+            "crf": options.crf, "save_maps": options.save_maps,
             "percentile": options.percentile, "boxes": options.boxes, "image_size": options.image_size}
 
 
@@ -567,7 +567,10 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
     claim_folder(out / "run.json", config, has_results, "--out")
     results = ResultsLog(results_path)
     summary = Summary(out_dir=out, ignored=[str(p) for p in found.ignored])
-    todo = [i for i, k in enumerate(found.keys) if k not in results.done]
+    # done = the same key, or the same file under another key (the list of PATHs changed between runs)
+    done_files = {os.path.realpath(r["path"]) for r in results.records if isinstance(r.get("path"), str)}
+    todo = [i for i, k in enumerate(found.keys)
+            if k not in results.done and os.path.realpath(found.files[i]) not in done_files]
     summary.resumed = len(found.keys) - len(todo)
     files = [found.files[i] for i in todo]
     keys = [found.keys[i] for i in todo]
