@@ -75,6 +75,9 @@ def test_target_forms(model, images) -> None:
     assert compute_cams(model, images, 5).targets.tolist() == [5, 5]
     assert compute_cams(model, images, torch.tensor([1, 2])).targets.tolist() == [1, 2]
     assert compute_cams(model, images, (4, 0)).targets.tolist() == [4, 0]
+    assert compute_cams(model, images, np.int64(3)).targets.tolist() == [3, 3]  # a label read with numpy
+    with pytest.raises(WSOLError, match="a bool is not a class index"):
+        compute_cams(model, images, np.True_)
 
 
 @pytest.mark.parametrize("method", ["cam", "gradcam"])

@@ -299,6 +299,13 @@ def test_helpers(tmp_path: Path) -> None:
     assert (w, h) == (6000, 4000) and max(image.size) < 6000  # draft decoding of a large JPEG
     found = find_image_files([tmp_path])
     assert [p.name for p in found.files] == ["big.jpg"] and [p.name for p in found.ignored] == ["results.jsonl"]
+    from types import SimpleNamespace
+
+    from wsol.localize.run import preprocessing
+
+    broken = SimpleNamespace(name="m", data_config={"input_size": (3, 0, 0), "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    with pytest.raises(WSOLError, match="'m': unusable preprocessing .* input size 0"):
+        preprocessing(broken)
 
 
 def test_checkpoint_state_dict(mixed: Path, tmp_path: Path, monkeypatch) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -47,10 +49,10 @@ def check_targets(targets: Targets, batch_size: int, num_classes: int,
         if targets.lower() in ("top1", "pred", "predicted"):
             return None
         raise WSOLError(f"targets: unknown value {targets!r}; use None/'top1', an int, or B ints")
-    if isinstance(targets, bool):
+    if isinstance(targets, (bool, np.bool_)):
         raise WSOLError("targets: a bool is not a class index")
-    if isinstance(targets, int):
-        t = torch.full((batch_size,), targets, dtype=torch.long)
+    if isinstance(targets, numbers.Integral):  # int, numpy integers
+        t = torch.full((batch_size,), int(targets), dtype=torch.long)
     elif isinstance(targets, Tensor):
         if targets.is_floating_point() or targets.is_complex():
             raise WSOLError(f"targets: class indices must be integers, got dtype {targets.dtype}")

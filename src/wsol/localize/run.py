@@ -157,9 +157,13 @@ def preprocessing(model: nn.Module) -> dict[str, Any]:
     """The model's input size, interpolation, mean and std (its ``data_config``; mean = std = 0.5 and 224
     bicubic when it has none)."""
     cfg = getattr(model, "data_config", None) or {}
-    return {"size": int(cfg.get("input_size", (3, 224, 224))[-1]),
+    prep = {"size": int(cfg.get("input_size", (3, 224, 224))[-1]),
             "interpolation": str(cfg.get("interpolation", "bicubic")),
             "mean": tuple(cfg.get("mean", (0.5,) * 3)), "std": tuple(cfg.get("std", (0.5,) * 3))}
+    if prep["size"] < 1 or len(prep["mean"]) != 3 or len(prep["std"]) != 3 or min(prep["std"]) <= 0:
+        raise WSOLError(f"model {getattr(model, 'name', '')!r}: unusable preprocessing in its data_config "
+                        f"(input size {prep['size']}, mean {prep['mean']}, std {prep['std']})")
+    return prep
 
 
 def run_model(model: nn.Module, batch: dict[str, Any], method: str, targets: Any, device: torch.device,
