@@ -304,7 +304,7 @@ def test_helpers(tmp_path: Path) -> None:
     from wsol.localize.run import preprocessing
 
     broken = SimpleNamespace(name="m", data_config={"input_size": (3, 0, 0), "mean": (0.5,) * 3, "std": (0.5,) * 3})
-    with pytest.raises(WSOLError, match="'m': unusable preprocessing .* input size 0"):
+    with pytest.raises(WSOLError, match="'m': unusable preprocessing in its data_config .input size 0"):
         preprocessing(broken)
 
 
