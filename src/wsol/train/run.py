@@ -269,12 +269,12 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, callbacks: 
                                   f"resumable checkpoint {last}; continue with --resume")
     fit_seconds = time.time() - started
     summary: dict[str, Any] = {"out_dir": str(out), "fit_seconds": fit_seconds, "select_metric": monitor,
-                               "last_checkpoint": str(last)}
+                               "last_checkpoint": str(last.resolve())}
     best = ckpt.best_model_path if ckpt is not None and monitor else ""
     summary["best_checkpoint"] = best or None
     if monitor and ckpt is not None and ckpt.best_model_score is not None:
         summary["best_val"] = float(ckpt.best_model_score)
-    chosen = best if config.eval.test_checkpoint == BEST and best else str(last)
+    chosen = best if config.eval.test_checkpoint == BEST and best else str(last.resolve())
     summary["tested_checkpoint"] = chosen
     if datamodule.splits.get("test") is not None:
         summary["test"] = evaluate_module(config, module, datamodule, chosen, trainer=trainer)
