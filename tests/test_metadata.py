@@ -47,11 +47,39 @@ def test_reads_boxes_and_rescales_like_the_reference(tmp_path, trailing_newline)
         ({"labels": ["a/1.jpg,0", "b/2.jpg,cat"]}, r"class_labels.txt:2: class label is not an integer"),
         ({"sizes": ["a/1.jpg,500,400", "b/2.jpg,0,400"]}, r"image_sizes.txt:2: image size must be positive"),
         ({"ids": ("a/1.jpg", "a/1.jpg")}, r"image_ids.txt:2: duplicate image id"),
+        # a second line for an id used to override the first silently
+        ({"labels": ["a/1.jpg,0", "b/2.jpg,1", "a/1.jpg,1"]},
+         r"class_labels.txt:3: duplicate image id 'a/1.jpg' \(first on line 1\)"),
+        ({"sizes": ["a/1.jpg,500,400", "b/2.jpg,500,400", "b/2.jpg,50,40"]},
+         r"image_sizes.txt:3: duplicate image id 'b/2.jpg' \(first on line 2\)"),
+        # score maps are written to <dir>/<image_id>.npy: an id must not lead out of <dir>
+        ({"ids": ("a/1.jpg", "/tmp/2.jpg")}, r"image_ids.txt:2: image id '/tmp/2.jpg' must be a relative path"),
+        ({"ids": ("a/../../2.jpg", "b/2.jpg")}, r"image_ids.txt:1: image id 'a/../../2.jpg' must be a relative"),
+        ({"ids": ("a/1.jpg", "..\\2.jpg")}, r"image_ids.txt:2: image id .* must be a relative path"),
     ],
 )
 def test_malformed_metadata_names_file_and_line(tmp_path, change, message):
     with pytest.raises(WSOLError, match=message):
         Metadata.load(write_split(tmp_path / "test", **change))
+
+
+def test_boxes_and_masks_may_take_several_lines_per_image(tmp_path):
+    meta = Metadata.load(write_split(tmp_path / "test"))  # a/1.jpg has two boxes
+    assert meta.boxes["a/1.jpg"].shape == (2, 4)
+    (tmp_path / "m").mkdir()
+    split, _ = write_mask_split(tmp_path / "m")  # x/1.jpg has two instance masks
+    assert Metadata.load(split).mask_paths["x/1.jpg"] == ["x/1_a.png", "x/1_b.png"]
+
+
+@pytest.mark.parametrize("name", ["image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt"])
+def test_byte_order_mark_is_ignored(tmp_path, name):
+    split = write_split(tmp_path / "test")
+    path = split / name
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Windows editors save UTF-8
+    meta = Metadata.load(split)
+    assert meta.image_ids == ["a/1.jpg", "b/2.jpg"] and meta.labels == {"a/1.jpg": 0, "b/2.jpg": 1}
+    assert meta.sizes["a/1.jpg"] == (500, 400)
+    np.testing.assert_array_equal(meta.boxes["a/1.jpg"], [[10, 20, 100, 200], [0, 0, 500, 400]])
 
 
 def test_missing_folder_and_file(tmp_path):

@@ -233,6 +233,45 @@ def test_compute_without_data_and_bad_interval_are_errors():
         BoxAccuracy(cam_curve_interval=0)
 
 
+def test_threshold_interval_has_a_lower_bound():
+    assert len(threshold_list(1e-4)) == 10_000
+    # 5e-5 is cheap to build without the bound; 1e-9 (10^9 thresholds) ran out of memory
+    with pytest.raises(WSOLError, match=r"^cam_curve_interval must lie in \[0.0001, 1\) .*got 5e-05$"):
+        threshold_list(5e-5)
+    with pytest.raises(WSOLError, match="got 1e-09"):
+        BoxAccuracy(cam_curve_interval=1e-9)
+    with pytest.raises(WSOLError, match="got 1e-09"):
+        PixelAP(cam_curve_interval=1e-9)
+
+
+def fixed_threshold_case() -> tuple[np.ndarray, list[np.ndarray]]:
+    """A map whose box hits its GT at tau = 0.21 but not at 0.2 or 0.0."""
+    score_map = np.zeros((20, 20), np.float32)
+    score_map[:, :10] = 0.205  # uint8 52: above int(0.2 * 255) = 51, not above int(0.21 * 255) = 53
+    score_map[2:5, 3:7] = 1.0  # its box is the GT box
+    return score_map[None], [np.array([[3, 2, 7, 5]])]
+
+
+@pytest.mark.parametrize(("interval", "expected"), [(0.01, 0.0), (0.1, 0.0), (0.001, 0.0), (0.03, None), (0.7, None)])
+def test_box_acc_at_0_2_only_when_0_2_is_a_threshold(interval, expected):
+    maps, boxes = fixed_threshold_case()
+    metric = BoxAccuracy(cam_curve_interval=interval)
+    metric.update(maps, boxes, logits=torch.tensor([[0.0, 1.0]]), labels=torch.tensor([1]))
+    result = metric.compute()
+    assert result.get("BoxAcc@0.2") == expected and result.get("top1_loc_fixed") == expected
+    if interval == 0.03:  # the map does hit at 0.21, the grid point nearest 0.2 (once reported as BoxAcc@0.2)
+        assert metric.curves()["largest"][7] == 100.0 and result["MaxBoxAcc"] == 100.0
+
+
+@pytest.mark.parametrize(("bad", "shape"),
+                         [(np.array([3, 2, 7]), r"\(3,\)"), (np.array([[3, 2], [7, 5]]), r"\(2, 2\)")])
+def test_gt_boxes_of_the_wrong_shape_name_the_image(bad, shape):
+    maps, boxes = fixed_threshold_case()
+    with pytest.raises(WSOLError, match=rf"^cub/bird.jpg: GT boxes must be an \(n, 4\) array .*got shape {shape}$"):
+        BoxAccuracy(cam_curve_interval=0.1).update(np.concatenate([maps, maps]), [boxes[0], bad],
+                                                   names=["cub/ok.jpg", "cub/bird.jpg"])
+
+
 @pytest.mark.parametrize("interval", [0.001, 0.01, 0.003, 0.1])
 def test_pixel_bins_equal_numpy_histogram_at_and_around_every_edge(interval):
     metric = PixelAP(interval)

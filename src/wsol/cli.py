@@ -105,7 +105,8 @@ def evaluate(
     if boxes is not None:
         table.add_row("MaxBoxAcc (IoU 50, largest box)", f"{result['MaxBoxAcc']:.2f}",
                       f"{result['MaxBoxAcc_threshold']:.3f}")
-        table.add_row("BoxAcc at tau = 0.2 (IoU 50, largest box)", f"{result['BoxAcc@0.2']:.2f}", "0.200")
+        if "BoxAcc@0.2" in result:  # only when 0.2 is on the threshold grid
+            table.add_row("BoxAcc at tau = 0.2 (IoU 50, largest box)", f"{result['BoxAcc@0.2']:.2f}", "0.200")
         table.add_row("MaxBoxAccV2 (all boxes, mean over IoU)", f"{result['MaxBoxAccV2']:.2f}", "")
         for iou_value, row in result["per_iou"].items():
             table.add_row(f"  IoU {iou_value}, all boxes", f"{row['max_box_acc']:.2f}", f"{row['best_threshold']:.3f}")

@@ -10,7 +10,9 @@ A split folder holds plain text files, one comma-separated record a line, paths 
 - ``mask_localization.txt`` (wsol extension, optional): masks in the format above, for datasets that have
   both boxes (in ``localization.txt``) and masks, such as ``wsol data synth``.
 
-Every line is validated; a problem raises :class:`~wsol.errors.WSOLError` naming the file and line.
+Image ids are relative paths inside the data root (score maps are written to ``<dir>/<image_id>.npy``), and
+``image_ids.txt``, ``class_labels.txt`` and ``image_sizes.txt`` hold one line per id. Every line is validated;
+a problem raises :class:`~wsol.errors.WSOLError` naming the file and line. A UTF-8 BOM is ignored.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def _records(path: Path, num_fields: int | tuple[int, ...]) -> Iterator[tuple[in
     """Yield ``(line_number, fields)`` for each non-empty line, checking the field count."""
     counts = (num_fields,) if isinstance(num_fields, int) else num_fields
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of the first id
     except FileNotFoundError:
         raise WSOLError(f"{path}: file not found") from None
     except UnicodeDecodeError as error:
@@ -44,6 +46,21 @@ def _records(path: Path, num_fields: int | tuple[int, ...]) -> Iterator[tuple[in
             expected = " or ".join(str(c) for c in counts)
             raise WSOLError(f"{path}:{number}: expected {expected} comma-separated fields, got {len(fields)}: {line!r}")
         yield number, fields
+
+
+def _check_unique(path: Path, number: int, image_id: str, first_lines: dict[str, int]) -> None:
+    """Raise on a second line for ``image_id`` (a later line would silently override the first)."""
+    if image_id in first_lines:
+        raise WSOLError(f"{path}:{number}: duplicate image id {image_id!r} (first on line {first_lines[image_id]})")
+    first_lines[image_id] = number
+
+
+def _check_relative(path: Path, number: int, image_id: str) -> None:
+    """Raise unless ``image_id`` is a relative path that stays inside the folder it is joined to."""
+    parts = image_id.replace("\\", "/").split("/")  # a backslash separates folders on Windows
+    if parts[0] == "" or ".." in parts:
+        raise WSOLError(f"{path}:{number}: image id {image_id!r} must be a relative path inside the data root "
+                        "(no leading '/', no '..')")
 
 
 def _to_int(path: Path, number: int, value: str, what: str) -> int:
@@ -87,20 +104,20 @@ class Metadata:
         if not split_dir.is_dir():
             raise WSOLError(f"{split_dir}: metadata folder not found")
         ids_file = split_dir / "image_ids.txt"
-        image_ids: list[str] = []
-        seen: set[str] = set()
+        id_lines: dict[str, int] = {}
         for number, (image_id,) in _records(ids_file, 1):
-            if image_id in seen:
-                raise WSOLError(f"{ids_file}:{number}: duplicate image id {image_id!r}")
-            seen.add(image_id)
-            image_ids.append(image_id)
+            _check_relative(ids_file, number, image_id)
+            _check_unique(ids_file, number, image_id, id_lines)
+        image_ids, seen = list(id_lines), set(id_lines)
         if not image_ids:
             raise WSOLError(f"{ids_file}: no image ids")
 
         labels_file = split_dir / "class_labels.txt"
         labels: dict[str, int] = {}
+        label_lines: dict[str, int] = {}
         for number, (image_id, label) in _records(labels_file, 2):
             cls._check_known(labels_file, number, image_id, seen)
+            _check_unique(labels_file, number, image_id, label_lines)
             labels[image_id] = _to_int(labels_file, number, label, "class label")
             if labels[image_id] < 0:
                 raise WSOLError(f"{labels_file}:{number}: negative class label {labels[image_id]}")
@@ -109,8 +126,10 @@ class Metadata:
         sizes: dict[str, tuple[int, int]] = {}
         sizes_file = split_dir / "image_sizes.txt"
         if sizes_file.exists():
+            size_lines: dict[str, int] = {}
             for number, (image_id, width, height) in _records(sizes_file, 3):
                 cls._check_known(sizes_file, number, image_id, seen)
+                _check_unique(sizes_file, number, image_id, size_lines)
                 w = _to_int(sizes_file, number, width, "width")
                 h = _to_int(sizes_file, number, height, "height")
                 if w <= 0 or h <= 0:

@@ -677,10 +677,12 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
     With ``crf``, each map is first refined by a dense CRF against the image at 224 x 224 (Bae et al.)."""
     from wsol.data.metadata import Metadata
     from wsol.metrics import BoxAccuracy, PixelAP
+    from wsol.metrics.box_accuracy import threshold_list
 
     if scoremap_dir is None and not evaluate:
         raise WSOLError("--metadata needs --scoremaps DIR and/or --evaluate")
     variant = MapVariant.parse(method)  # cam, gradcam, ... and cam+nwc, cam+pas as `wsol train` evaluates them
+    threshold_list(cam_curve_interval)  # a bad interval fails before anything is written
     if batch_size < 1 or (workers is not None and workers < 0):
         raise WSOLError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
     dev = resolve_device(device)

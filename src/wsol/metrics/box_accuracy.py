@@ -27,13 +27,21 @@ from wsol.metrics._kernels import sweep_levels
 
 FIXED_THRESHOLD = 0.2  # the classic CAM rule, for users without an annotated split to choose tau on
 LARGEST_IOU = 0.5  # MaxBoxAcc: the largest contour's box at IoU >= 50 %
+MIN_CAM_CURVE_INTERVAL = 1e-4  # 10,000 thresholds; finer grids only cost memory and time
 
 
 def threshold_list(cam_curve_interval: float) -> np.ndarray:
     """The reference's thresholds: ``numpy.arange(0, 1, cam_curve_interval)``."""
-    if not 0 < cam_curve_interval < 1:
-        raise WSOLError(f"cam_curve_interval must lie in (0, 1), got {cam_curve_interval}")
+    if not MIN_CAM_CURVE_INTERVAL <= cam_curve_interval < 1:
+        raise WSOLError(f"cam_curve_interval must lie in [{MIN_CAM_CURVE_INTERVAL:g}, 1) (the protocol uses 0.001 "
+                        f"or 0.01), got {cam_curve_interval}")
     return np.arange(0, 1, cam_curve_interval)
+
+
+def grid_index(thresholds: np.ndarray, value: float) -> int | None:
+    """Index of ``value`` on the threshold grid, or None when no grid threshold equals it (up to rounding)."""
+    index = int(np.abs(thresholds - value).argmin())
+    return index if abs(thresholds[index] - value) < 1e-9 else None
 
 
 def threshold_hits(score_map: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray,
@@ -110,11 +118,14 @@ class BoxAccuracy(Metric):
             raise WSOLError(f"score maps must be a batch (B, H, W), got shape {tuple(maps.shape)}")
         if len(gt_boxes) != len(maps):
             raise WSOLError(f"got {len(maps)} score maps but {len(gt_boxes)} sets of GT boxes")
+        gt_boxes = [np.asarray(boxes) for boxes in gt_boxes]
         for i, (score_map, boxes) in enumerate(zip(maps, gt_boxes)):
             name = names[i] if names is not None else f"score map {i} of the batch"
             check_score_map(score_map, name)
-            if len(boxes) == 0:
+            if boxes.size == 0:
                 raise WSOLError(f"{name}: no GT box")
+            if boxes.ndim != 2 or boxes.shape[1] != 4:
+                raise WSOLError(f"{name}: GT boxes must be an (n, 4) array of x0, y0, x1, y1, got shape {boxes.shape}")
         criteria = np.asarray(self.iou_thresholds) / 100  # as the reference's delta / 100
         largest = np.zeros((len(maps), len(self.thresholds)), dtype=bool)
         every = np.zeros((len(maps), len(self.iou_thresholds), len(self.thresholds)), dtype=bool)
@@ -154,14 +165,15 @@ class BoxAccuracy(Metric):
                 "all": self.correct_all.cpu().numpy() * 100.0 / n}
 
     def compute(self) -> dict:
-        """MaxBoxAcc (largest contour, IoU 50) with its threshold and the fixed-threshold (tau = 0.2)
-        accuracy; MaxBoxAccV2 (all contours, mean over the IoU criteria) with each criterion's best accuracy
-        and threshold; Top-1/Top-5 Loc and classification accuracy when logits were given."""
+        """MaxBoxAcc (largest contour, IoU 50) with its threshold and, when tau = 0.2 is on the threshold
+        grid, the fixed-threshold accuracy ``BoxAcc@0.2``; MaxBoxAccV2 (all contours, mean over the IoU
+        criteria) with each criterion's best accuracy and threshold; Top-1/Top-5 Loc and classification
+        accuracy when logits were given."""
         n = int(self.num_images)
         if n == 0:
             raise WSOLError("no score maps were evaluated")
         curves = self.curves()
-        fixed = int(round(FIXED_THRESHOLD / self.cam_curve_interval))
+        fixed = grid_index(self.thresholds, FIXED_THRESHOLD)
         per_iou = {iou: {"max_box_acc": float(curve.max()), "best_threshold": float(self.thresholds[curve.argmax()])}
                    for iou, curve in zip(self.iou_thresholds, curves["all"])}
         result: dict = {
@@ -169,10 +181,11 @@ class BoxAccuracy(Metric):
             "iou_thresholds": list(self.iou_thresholds),
             "MaxBoxAcc": float(curves["largest"].max()),
             "MaxBoxAcc_threshold": float(self.thresholds[curves["largest"].argmax()]),
-            "BoxAcc@0.2": float(curves["largest"][fixed]),
-            "MaxBoxAccV2": float(np.mean([v["max_box_acc"] for v in per_iou.values()])),
-            "per_iou": per_iou,
         }
+        if fixed is not None:
+            result["BoxAcc@0.2"] = float(curves["largest"][fixed])
+        result["MaxBoxAccV2"] = float(np.mean([v["max_box_acc"] for v in per_iou.values()]))
+        result["per_iou"] = per_iou
         m = int(self.num_with_logits)
         if m:
             if m != n:
@@ -181,7 +194,8 @@ class BoxAccuracy(Metric):
             result["top5_cls"] = int(self.num_top5) * 100.0 / n
             result["top1_loc"] = int(self.top1_largest.max()) * 100.0 / n
             result["top5_loc"] = int(self.top5_largest.max()) * 100.0 / n
-            result["top1_loc_fixed"] = int(self.top1_largest[fixed]) * 100.0 / n
+            if fixed is not None:
+                result["top1_loc_fixed"] = int(self.top1_largest[fixed]) * 100.0 / n
             result["top1_loc_v2"] = float(np.mean([int(v.max()) * 100.0 / n for v in self.top1_all]))
             result["top5_loc_v2"] = float(np.mean([int(v.max()) * 100.0 / n for v in self.top5_all]))
         return result

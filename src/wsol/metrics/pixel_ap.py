@@ -45,6 +45,8 @@ class PixelAP(Metric):
                             "must all be (B, H, W)")
         if maps.dtype.kind != "f":
             raise WSOLError(f"score maps must be float, got {maps.dtype}")
+        if maps.dtype == np.float16:  # a half-precision model's maps: the histogram kernel takes 32/64 bits
+            maps = maps.astype(np.float32)
         counts, problems = pixel_histograms(maps, masks.astype(bool, copy=False), ignore.astype(bool, copy=False),
                                             self.edges, self.cam_curve_interval)
         for i in np.flatnonzero(problems):

@@ -14,16 +14,37 @@ from wsol.metrics.pixel_ap import PixelAP
 
 
 def load_score_map(path: Path, size: int = EVAL_SIZE) -> np.ndarray:
-    """One saved score map, checked to be a 2-D float ``size`` x ``size`` array (range is checked later)."""
+    """One saved score map as a float ``size`` x ``size`` array (its range is checked later).
+
+    The header's dtype and shape are checked before any data is read, so each file is judged on its own (not
+    after a batch's ``np.stack`` has promoted it) and a header claiming a huge shape costs nothing. float32
+    and float64 maps are kept as saved; int, bool and float16 maps become float32, longer floats float64.
+    """
     try:
-        score_map = np.load(path, allow_pickle=False)
+        with open(path, "rb") as file:
+            if file.read(4) == b"PK\x03\x04":
+                raise WSOLError(f"{path}: a zip archive (an .npz?), not a .npy score map")
+            file.seek(0)
+            version = np.lib.format.read_magic(file)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+            else:  # 3.0 is only written for structured dtypes with non-Latin-1 field names
+                raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+            if dtype.kind not in "biuf":
+                raise WSOLError(f"{path}: score map has dtype {dtype}, expected real numbers (float, int or bool)")
+            if shape != (size, size):
+                raise WSOLError(f"{path}: score map has shape {shape}, expected ({size}, {size})")
+            file.seek(0)
+            score_map = np.lib.format.read_array(file, allow_pickle=False)
     except FileNotFoundError:
         raise WSOLError(f"{path}: score map not found") from None
     except (ValueError, OSError, EOFError) as error:
         raise WSOLError(f"{path}: not a readable .npy score map ({error})") from None
-    if score_map.shape != (size, size):
-        raise WSOLError(f"{path}: score map has shape {score_map.shape}, expected ({size}, {size})")
-    return score_map
+    if score_map.dtype in (np.float32, np.float64):
+        return score_map
+    return score_map.astype(np.float64 if score_map.dtype.kind == "f" and score_map.dtype.itemsize > 8 else np.float32)
 
 
 def evaluate_scoremaps(metadata: Metadata, scoremap_root: str | Path, mask_root: str | Path | None = None,
