@@ -138,3 +138,15 @@ def test_second_ignore_path_is_an_error(tmp_path):
     (split / "localization.txt").write_text("x/1.jpg,x/1_a.png,i.png\nx/1.jpg,x/1_b.png,j.png\nx/2.jpg,x/2_a.png,")
     with pytest.raises(WSOLError, match=r"localization.txt:2: only the first line"):
         Metadata.load(split)
+
+
+def test_class_names_file(tmp_path) -> None:
+    from wsol.data.metadata import read_class_names
+
+    path = tmp_path / "class_names.txt"
+    assert read_class_names(path) is None  # optional
+    path.write_text("\ufeffcat\ndog\n\n")  # a BOM and trailing blank lines are fine
+    assert read_class_names(path) == ["cat", "dog"]
+    path.write_text("cat\n\ndog\n")
+    with pytest.raises(WSOLError, match="class_names.txt: expected one class name per line"):
+        read_class_names(path)

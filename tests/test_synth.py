@@ -114,3 +114,87 @@ def test_is_current_checks_generator_version_and_config(dataset):
     assert not is_current(dataset.parent / "nothing-here", TINY)
     info = json.loads((dataset / "synth.json").read_text())
     assert info["format"] == "wsol-synth/2"
+
+
+SMALL = SynthConfig(num_classes=2, train_per_class=1, val_per_class=1, test_per_class=1, min_side=64, max_side=80)
+
+
+def test_overwrite_replaces_only_a_previous_synthetic_dataset(tmp_path):
+    old = generate(SMALL, tmp_path / "data")
+    new = SynthConfig(**{**asdict(SMALL), "seed": 5})
+    generate(new, old, overwrite=True)
+    assert json.loads((old / "synth.json").read_text())["config"]["seed"] == 5
+    # an empty folder may be filled, with or without overwrite
+    (tmp_path / "empty").mkdir()
+    assert (generate(SMALL, tmp_path / "empty") / "synth.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "empty"]  # no temp folders left behind
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_holding_anything_else_is_never_replaced(tmp_path, overwrite):
+    thesis = tmp_path / "work"
+    thesis.mkdir()
+    (thesis / "thesis.tex").write_text("years of work")
+    with pytest.raises(WSOLError) as info:
+        generate(SMALL, thesis, overwrite=overwrite)
+    assert str(info.value) == (f"{thesis}: not a synthetic dataset folder (it holds thesis.tex); will not replace it, "
+                               "choose a new or empty --out folder")
+    # a dataset folder someone put their own files into is not replaced either
+    dataset = generate(SMALL, tmp_path / "data")
+    (dataset / "notes.md").write_text("mine")
+    with pytest.raises(WSOLError, match=r"data: not a synthetic dataset folder \(it holds notes\.md\)"):
+        generate(SMALL, dataset, overwrite=overwrite)
+    # a folder with a synth.json that the generator did not write
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "synth.json").write_text('{"format": "someone-else"}')
+    with pytest.raises(WSOLError, match="it has no synth.json written by wsol data synth"):
+        generate(SMALL, other, overwrite=overwrite)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep")
+    with pytest.raises(WSOLError, match="file.txt: exists and is not a folder"):
+        generate(SMALL, a_file, overwrite=overwrite)
+    assert (thesis / "thesis.tex").read_text() == "years of work"
+    assert (dataset / "notes.md").read_text() == "mine" and (dataset / "synth.json").is_file()
+    assert a_file.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file.txt", "other", "work"]
+
+
+def test_cli_out_dot_overwrite_keeps_the_users_files(tmp_path):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    out = subprocess.run([sys.executable, "-c", "from wsol.cli import run; run()", "data", "synth", "--out", ".",
+                          "--overwrite", "--classes", "2", "--per-class-train", "1", "--per-class-val", "1",
+                          "--per-class-test", "1", "-q"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"error: {tmp_path}: not a synthetic dataset folder (it holds "
+                                               "thesis.tex); will not replace it, choose a new or empty --out folder"]
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+    assert (tmp_path / "thesis.tex").read_text() == "years of work"
+
+
+@pytest.mark.parametrize(("knobs", "message"), [
+    ({"seed": -1}, "synth config: seed=-1 must be >= 0"),
+    ({"max_objects": 1000}, "synth config: max_objects=1000 must be in 1..32"),
+    ({"max_objects": 0}, "synth config: max_objects=0 must be in 1..32"),
+    ({"max_objects": 20, "part_size": 0.1}, "synth config: max_objects=20 makes heads too small: part_size * "
+     "scale_min * min_side / sqrt(max_objects) = 1.1 px, must be >= 4 px (lower max_objects or raise part_size, "
+     "scale_min or min_side)"),
+    ({"min_side": 64, "scale_min": 0.05, "part_size": 0.1}, "synth config: scale_min=0.05 makes heads too small: "
+     "part_size * scale_min * min_side / sqrt(max_objects) = 0.32 px"),
+    ({"noise": float("nan")}, "synth config: noise=nan must be a finite number >= 0"),
+    ({"blur": float("inf")}, "synth config: blur=inf must be a finite number >= 0"),
+])
+def test_knobs_out_of_range_are_one_line_naming_the_knob(knobs, message):
+    with pytest.raises(WSOLError) as info:
+        SynthConfig(**knobs)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_smallest_allowed_objects_always_have_pixels():
+    """At the smallest head the knobs allow, every object still has a non-empty mask (hence a box)."""
+    config = SynthConfig(min_side=64, max_side=64, scale_min=0.21, scale_max=0.21, aspect_min=0.1, aspect_max=0.1,
+                         part_size=0.3, max_objects=1)  # head 0.3 * 0.21 * 64 = 4.03 px
+    for seed in range(40):
+        _, masks, _ = render(config, np.random.default_rng(seed), label=0)
+        assert masks and all(mask.sum() >= 9 for mask in masks)

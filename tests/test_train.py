@@ -124,6 +124,9 @@ def test_ddp_evaluation_equals_single_process(synth: Path, checkpoint: Path, tmp
 def test_checkpoint_rebuilds_model_for_localize(checkpoint: Path, synth: Path) -> None:
     model = load_checkpoint_model(checkpoint)
     assert model.head.pool.kind == "tap" and model.num_classes == 3
+    # the synthetic metadata's class_names.txt travels with the checkpoint
+    names = (synth / "metadata" / "class_names.txt").read_text().split()
+    assert model.class_names == names and len(names) == 3 and names[0].startswith("00_")
     state = _weights(checkpoint)
     assert torch.equal(model.head.fc.weight, state["model.head.fc.weight"])
     from wsol.localize.run import load_model

@@ -13,6 +13,9 @@ A split folder holds plain text files, one comma-separated record a line, paths 
 Image ids are relative paths inside the data root (score maps are written to ``<dir>/<image_id>.npy``), and
 ``image_ids.txt``, ``class_labels.txt`` and ``image_sizes.txt`` hold one line per id. Every line is validated;
 a problem raises :class:`~wsol.errors.WSOLError` naming the file and line. A UTF-8 BOM is ignored.
+
+Beside the split folders, an optional ``class_names.txt`` (wsol extension) names class i on line i; training
+stores the names in its checkpoints, so reports say "03_dots" rather than "class 3".
 """
 
 from __future__ import annotations
@@ -252,3 +255,22 @@ def read_mask_png(path: Path, size: int = EVAL_SIZE) -> np.ndarray:
         raise WSOLError(f"{path}: mask file missing or not a readable image")
     resized = cv2.resize(image.astype(np.float32), (size, size), interpolation=cv2.INTER_NEAREST)
     return resized > 0.5
+
+
+CLASS_NAMES_FILE = "class_names.txt"  # optional, beside the splits of a WSOL metadata folder
+
+
+def read_class_names(path: Path) -> list[str] | None:
+    """Class names of a WSOL metadata folder: line i of ``class_names.txt`` names class i (the protocol's
+    metadata has none; ``wsol data synth`` writes one). None when the file is absent."""
+    if not path.is_file():
+        return None
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WSOLError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    while names and not names[-1]:
+        names.pop()
+    if not names or any(not n for n in names):
+        raise WSOLError(f"{path}: expected one class name per line, without empty lines")
+    return names

@@ -42,6 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from wsol.data.metadata import CLASS_NAMES_FILE
 from wsol.errors import WSOLError
 
 SPLITS = ("train", "val", "test")
@@ -54,6 +55,10 @@ BODY_COLOURS = ("independent", "head")
 # bumped whenever the same config stops giving the same bytes (2: head patterns reordered, body_colour)
 GENERATOR = "wsol-synth/2"
 _MAX_HUES = 12  # hues closer than 1/12 of the circle are hard to tell apart after noise and blur
+_MAX_OBJECTS = 32  # placement (20 tries per object over full-image masks) slows down with more
+_MIN_HEAD_PX = 4.0  # smallest head diameter in pixels: below it a head may cover no pixel (an empty mask)
+# what generate() writes at the top of the folder: only a folder holding just these may be replaced
+_DATASET_ENTRIES = frozenset({"images", "masks", "metadata", "synth.json", "README.md"})
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
 
 # One line per knob: what it is, and what turning it makes harder. Read by the CLI help and the README.
@@ -69,7 +74,8 @@ KNOBS: dict[str, str] = {
     "scale_max": "largest body length / shorter image side (divided by sqrt(count) when several objects)",
     "aspect_min": "thinnest body (width / length); thin, rotated bodies make boxes sensitive to thresholds",
     "aspect_max": "roundest body (width / length)",
-    "max_objects": "objects per image drawn from 1..max_objects; several objects defeat largest-box rules",
+    "max_objects": "objects per image drawn from 1..max_objects (at most 32); several objects defeat "
+                   "largest-box rules",
     "part_size": "head diameter / body length; smaller = the discriminative part covers less of the box",
     "head_cue": "what tells classes apart: 'both' pattern and hue, 'pattern' only, or 'color' only",
     "distractors": "clutter shapes per image drawn from 0..distractors; false activations on the background",
@@ -131,11 +137,11 @@ class SynthConfig:
         limit = {"both": len(PATTERNS) * 2, "pattern": len(PATTERNS), "color": _MAX_HUES}[self.head_cue]
         if not 1 <= self.num_classes <= limit:
             raise bad("num_classes", f"must be in 1..{limit} with head_cue={self.head_cue!r}")
-        for key in ("train_per_class", "val_per_class", "test_per_class", "distractors", "headless_bodies"):
+        for key in ("seed", "train_per_class", "val_per_class", "test_per_class", "distractors", "headless_bodies"):
             if getattr(self, key) < 0:
                 raise bad(key, "must be >= 0")
-        if self.max_objects < 1:
-            raise bad("max_objects", "must be >= 1")
+        if not 1 <= self.max_objects <= _MAX_OBJECTS:
+            raise bad("max_objects", f"must be in 1..{_MAX_OBJECTS}")
         if not 64 <= self.min_side <= self.max_side:
             raise bad("min_side", f"must satisfy 64 <= min_side <= max_side ({self.max_side})")
         if not 0.05 <= self.scale_min <= self.scale_max <= 0.8:
@@ -147,8 +153,15 @@ class SynthConfig:
         for key in ("loose_head_prob", "occlusion_prob", "texture"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise bad(key, "must be in [0, 1]")
-        if self.noise < 0 or self.blur < 0:
-            raise bad("noise" if self.noise < 0 else "blur", "must be >= 0")
+        for key in ("noise", "blur"):
+            if not 0.0 <= getattr(self, key) < math.inf:
+                raise bad(key, "must be a finite number >= 0")
+        # objects shrink by 1/sqrt(count) (see _object_geometry): the smallest head must still cover pixels
+        head = self.part_size * self.scale_min * self.min_side / math.sqrt(self.max_objects)
+        if head < _MIN_HEAD_PX:
+            raise bad("max_objects" if self.max_objects > 1 else "scale_min",
+                      f"makes heads too small: part_size * scale_min * min_side / sqrt(max_objects) = {head:.2g} px, "
+                      f"must be >= {_MIN_HEAD_PX:g} px (lower max_objects or raise part_size, scale_min or min_side)")
 
     def class_names(self) -> list[str]:
         """Names that say what decides each class, e.g. ``00_checker_h000`` (pattern, hue in degrees)."""
@@ -478,16 +491,21 @@ def generate(
     """Write the dataset to ``out_dir`` atomically (built in a temp folder beside it, then renamed).
 
     ``progress(done, total)`` is called after each image. An existing non-empty ``out_dir`` is an error
-    unless ``overwrite``. Returns the output folder.
+    unless ``overwrite``, and even then it is only replaced when it holds a dataset written here before
+    (never a folder with anything else in it). Returns the output folder.
     """
     out = Path(out_dir).absolute()
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-        raise WSOLError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        _check_replaceable(out)
+        if not overwrite:
+            raise WSOLError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
         _generate_into(config, tmp, progress)
         if out.exists():
+            if any(out.iterdir()):  # again: files may have been put there while the dataset was being built
+                _check_replaceable(out)
             old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
             out.rename(old / out.name)
             tmp.rename(out)
@@ -498,6 +516,23 @@ def generate(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """Raise unless ``out`` is a folder holding a synthetic dataset (its synth.json) and nothing else."""
+    if not out.is_dir():
+        raise WSOLError(f"{out}: exists and is not a folder; will not replace it with a synthetic dataset")
+    others = sorted(p.name for p in out.iterdir() if p.name not in _DATASET_ENTRIES)
+    try:
+        written = json.loads((out / "synth.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        written = None
+    made_here = isinstance(written, dict) and str(written.get("format", "")).startswith("wsol-synth/")
+    if others or not made_here:
+        found = f"it holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}" if others else \
+            "it has no synth.json written by wsol data synth"
+        raise WSOLError(f"{out}: not a synthetic dataset folder ({found}); will not replace it, "
+                        "choose a new or empty --out folder")
 
 
 def _generate_into(config: SynthConfig, root: Path, progress: ProgressFn | None) -> dict[str, int]:
@@ -539,6 +574,7 @@ def _generate_into(config: SynthConfig, root: Path, progress: ProgressFn | None)
             ("mask_localization.txt", masks),
         ):
             (meta / file_name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    (root / "metadata" / CLASS_NAMES_FILE).write_text("".join(n + "\n" for n in names), encoding="utf-8")
     info = {
         "format": GENERATOR,
         "config": asdict(config),

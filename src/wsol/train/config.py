@@ -7,6 +7,10 @@ key and the valid keys at that level; a value of the wrong type names the key an
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
+import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -122,6 +126,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Validate choices and ranges; raise a one-line :class:`WSOLError` naming the key."""
+        accelerators, strategies = _lightning_names()
         choices = {
             "model.pool": (self.model.pool, ("gap", "gmp", "tap")),
             "data.format": (self.data.format, ("wsol", "folder")),
@@ -130,22 +135,86 @@ class TrainConfig:
             "optim.schedule": (self.optim.schedule, (None, "step", "cosine", "none")),
             "eval.select": (self.eval.select, ("auto", "MaxBoxAcc", "MaxBoxAccV2", "PxAP", "top1_cls")),
             "eval.test_checkpoint": (self.eval.test_checkpoint, ("best", "last")),
+            "trainer.accelerator": (self.trainer.accelerator, accelerators),
+            "trainer.strategy": (self.trainer.strategy, strategies),
+            "trainer.precision": (self.trainer.precision, PRECISIONS),
         }
         for key, (value, valid) in choices.items():
             if value not in valid:
                 raise WSOLError(f"config {key}={value!r}: must be one of {', '.join(map(str, valid))}")
-        positive = {"data.batch_size": self.data.batch_size, "optim.lr": self.optim.lr,
+        for key in ("trainer.accelerator", "trainer.strategy"):
+            value = choices[key][0]
+            package = next((pkg for name, pkg in _NEEDS.items() if name in value), None)
+            if package is not None and importlib.util.find_spec(package) is None:
+                raise WSOLError(f"config {key}={value!r}: needs the {package} package, which is not installed")
+        # None = unset (the pipeline's or model's default applies); a given 0 is out of range, not unset
+        positive = {"data.batch_size": self.data.batch_size, "data.eval_batch_size": self.data.eval_batch_size,
+                    "data.resize_size": self.data.resize_size, "data.crop_size": self.data.crop_size,
+                    "optim.lr": self.optim.lr, "optim.classifier_lr_mult": self.optim.classifier_lr_mult,
+                    "optim.lr_decay_epochs": self.optim.lr_decay_epochs,
+                    "optim.lr_decay_gamma": self.optim.lr_decay_gamma,
                     "trainer.epochs": self.trainer.epochs, "trainer.num_nodes": self.trainer.num_nodes,
                     "trainer.accumulate_grad_batches": self.trainer.accumulate_grad_batches,
                     "eval.every_n_epochs": self.eval.every_n_epochs}
         for key, value in positive.items():
-            if value <= 0:
-                raise WSOLError(f"config {key}={value!r}: must be > 0")
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise WSOLError(f"config {key}={value!r}: must be {_number(value)}> 0")
+        non_negative = {"data.num_workers": self.data.num_workers, "optim.momentum": self.optim.momentum,
+                        "optim.weight_decay": self.optim.weight_decay, "optim.warmup_epochs": self.optim.warmup_epochs,
+                        "optim.min_lr": self.optim.min_lr}
+        for key, value in non_negative.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise WSOLError(f"config {key}={value!r}: must be {_number(value)}>= 0")
+        # Lightning's limits: a fraction of the batches (float in [0, 1]) or a number of batches (int);
+        # 0 training batches or steps would train nothing and leave no checkpoint
+        for key, value, least in (("trainer.limit_train_batches", self.trainer.limit_train_batches, 1),
+                                  ("trainer.limit_val_batches", self.trainer.limit_val_batches, 0)):
+            in_range = (0 < value <= 1 if least else 0 <= value <= 1) if isinstance(value, float) else value >= least
+            if not in_range:
+                raise WSOLError(f"config {key}={value!r}: must be a fraction of the batches in "
+                                f"{'(0' if least else '[0'}, 1.0] or a number of batches >= {least}")
+        if not (self.trainer.max_steps == -1 or self.trainer.max_steps > 0):
+            raise WSOLError(f"config trainer.max_steps={self.trainer.max_steps!r}: must be > 0 or -1 (no limit)")
+        if not _valid_devices(self.trainer.devices):
+            raise WSOLError(f"config trainer.devices={self.trainer.devices!r}: expected auto, a number of devices "
+                            "(> 0, or -1 for all) or device indices like 0,1")
         if not self.data.root:
             raise WSOLError("config data.root: required (the folder the images are in)")
         if self.data.format == "wsol" and not self.data.metadata:
             raise WSOLError("config data.metadata: required with data.format=wsol (the folder of split folders)")
         from wsol.cams import METHODS  # noqa: F401  (validated by get_method when the module is built)
+
+
+# the precision names Lightning's Trainer accepts ("auto" is ours: see wsol.train.run._precision)
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "32", "16", "bf16", "64")
+# accelerator/strategy names (substrings) that Lightning registers but that need a package not in our dependencies
+_NEEDS = {"tpu": "torch_xla", "xla": "torch_xla", "deepspeed": "deepspeed"}
+
+
+@functools.cache
+def _lightning_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(accelerator names, strategy names) that Lightning's Trainer accepts, from its registries."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    accelerators = ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
+    return accelerators, ("auto", *sorted(StrategyRegistry.available_strategies()))
+
+
+def _number(value: float) -> str:
+    return "a finite number " if isinstance(value, float) else ""
+
+
+def _valid_devices(text: str) -> bool:
+    """Whether ``trainer.devices`` is auto, a count (-1 = all) or a list of indices (``0,1`` or ``0 1``)."""
+    text = str(text).strip()
+    if text == "auto":
+        return True
+    if re.fullmatch(r"-?[0-9]+", text):
+        return int(text) == -1 or int(text) > 0
+    parts = text.replace(",", " ").split()
+    return bool(parts) and all(re.fullmatch(r"[0-9]+", part) for part in parts)
 
 
 def _type_name(tp: Any) -> str:
@@ -157,6 +226,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
+        if type(value) in args:  # already one of the types: keep it (limit_train_batches 5 is 5 batches, not 5.0)
+            return value
         if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
             return None
         errors = []
@@ -264,10 +335,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise WSOLError(f"{path}: config file not found")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise WSOLError(f"{path}: not a UTF-8 text file (byte 0x{exc.object[exc.start]:02x} at offset "
+                            f"{exc.start}); a config is a YAML file") from None
+        except OSError as exc:
+            raise WSOLError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+        except yaml.reader.ReaderError as exc:  # a control character (e.g. NUL): a binary file, most likely
+            raise WSOLError(f"{path}: not a YAML text file (character {exc.character:#04x} at offset "
+                            f"{exc.position}: {exc.reason})") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f":{mark.line + 1}" if mark is not None else ""
-            raise WSOLError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise WSOLError(f"{path}{where}: not valid YAML ({problem})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise WSOLError(f"{path}: the config must be a mapping of sections (model, data, optim, ...)")
         data = _merge(data, loaded or {})

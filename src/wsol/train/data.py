@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wsol.data.datasets import ClassFolderDataset, check_data_root
 from wsol.data.images import read_image
-from wsol.data.metadata import Metadata
+from wsol.data.metadata import CLASS_NAMES_FILE, Metadata, read_class_names
 from wsol.data.transforms import eval_transform, train_transform
 from wsol.errors import WSOLError
 from wsol.train.config import TrainConfig
@@ -204,6 +204,7 @@ class WSOLDataModule(L.LightningDataModule):
         self.class_names: list[str] | None = None
         self.splits: dict[str, ImageList | None] = {}
         if data.format == "wsol":
+            self.class_names = read_class_names(Path(data.metadata) / CLASS_NAMES_FILE)
             self.splits["train"] = read_wsol_split(config, data.train_split)
             self.splits["val"] = read_wsol_split(config, data.val_split) if data.val_split else None
             self.splits["test"] = read_wsol_split(config, data.test_split) if data.test_split else None
@@ -216,6 +217,9 @@ class WSOLDataModule(L.LightningDataModule):
                 self.splits[stage] = read_folder_split(path, self.class_names) if path and path.is_dir() else None
         labels = [lab for s in self.splits.values() if s is not None for lab in s.labels]
         self.num_classes = max(labels) + 1
+        if self.class_names is not None and len(self.class_names) < self.num_classes:
+            raise WSOLError(f"{Path(data.metadata) / CLASS_NAMES_FILE}: names {len(self.class_names)} classes, "
+                            f"the labels go up to {self.num_classes - 1}")
         self.mean: Sequence[float] = (0.485, 0.456, 0.406)
         self.std: Sequence[float] = (0.229, 0.224, 0.225)
 
