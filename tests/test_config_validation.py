@@ -111,3 +111,17 @@ def test_cli_stops_before_writing_anything(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == ["error: config trainer.max_steps=0: must be > 0 or -1 (no limit)"]
     assert not out.exists()
+
+
+def test_a_device_this_machine_lacks_is_one_line(tmp_path) -> None:
+    import torch
+
+    from wsol.errors import WSOLError
+    from wsol.train.config import load_config
+    from wsol.train.run import make_trainer
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    config = load_config(None, ["trainer.accelerator=cuda", f"trainer.out_dir={tmp_path}"])
+    with pytest.raises(WSOLError, match="trainer: `CUDAAccelerator` can not run on your system"):
+        make_trainer(config, tmp_path, quiet=True)

@@ -181,7 +181,7 @@ def make_trainer(config: TrainConfig, out: Path, *, callbacks: Sequence[Callback
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(find_unused_parameters=False)
-    trainer = L.Trainer(
+    trainer = _trainer(
         accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes, strategy=strategy,
         precision=_precision(config, t.accelerator), max_epochs=t.epochs, max_steps=t.max_steps,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
@@ -193,6 +193,16 @@ def make_trainer(config: TrainConfig, out: Path, *, callbacks: Sequence[Callback
         default_root_dir=str(out),
     )
     return trainer, ckpt
+
+
+def _trainer(**kwargs: Any) -> L.Trainer:
+    """``L.Trainer``, with what this machine cannot do (a GPU on a CPU-only box, devices it lacks) as one line."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return L.Trainer(**kwargs)
+    except MisconfigurationException as exc:
+        raise WSOLError(f"trainer: {str(exc).splitlines()[0]}") from None
 
 
 def _quiet_warnings() -> None:
