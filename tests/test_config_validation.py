@@ -125,3 +125,16 @@ def test_a_device_this_machine_lacks_is_one_line(tmp_path) -> None:
     config = load_config(None, ["trainer.accelerator=cuda", f"trainer.out_dir={tmp_path}"])
     with pytest.raises(WSOLError, match="trainer: `CUDAAccelerator` can not run on your system"):
         make_trainer(config, tmp_path, quiet=True)
+
+
+def test_strategy_names_are_case_insensitive_and_bad_device_lists_are_one_line(tmp_path) -> None:
+    from wsol.errors import WSOLError
+    from wsol.train.config import load_config
+    from wsol.train.run import make_trainer
+
+    config = load_config(None, ["trainer.strategy=DDP", "data.root=/data", "data.metadata=/data/metadata"])
+    config.check()
+    assert config.trainer.strategy == "ddp"  # accepted, as Lightning reads it
+    config = load_config(None, ["trainer.accelerator=cpu", "trainer.devices=0,1", f"trainer.out_dir={tmp_path}"])
+    with pytest.raises(WSOLError, match="^trainer: "):
+        make_trainer(config, tmp_path, quiet=True)

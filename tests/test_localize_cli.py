@@ -202,6 +202,8 @@ def test_folder_options_with_metadata_name_the_culprit(tmp_path: Path, args: lis
     result = runner.invoke(app, ["localize", "--metadata", str(tmp_path), "--data-root", str(tmp_path),
                                  *evaluate, *args])
     assert isinstance(result.exception, WSOLError) and args[0] in str(result.exception)
+    if args == ["--save-maps"]:
+        assert "--scoremaps DIR" in str(result.exception)
 
 
 def test_missing_path_is_an_error(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ def run() -> None:
     except OSError as error:
         if os.environ.get("WSOL_DEBUG"):
             raise
-        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {one_line(error)}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
@@ -277,8 +277,11 @@ def localize(
         if mask_root is not None and not evaluate_:
             raise WSOLError("--mask-root is read only with --evaluate (the masks give PxAP)")
         if stray:
-            raise WSOLError(f"{stray[0]} has no effect with --metadata: the maps are GT-known (the split's labels) and "
-                            "the protocol sweeps every threshold (for PaS: --method cam+pas)")
+            why = {"--save-maps": "the split's maps are written with --scoremaps DIR",
+                   "--target": "the maps are GT-known (the split's labels)",
+                   "--boxes": "the protocol scores the largest box and all boxes itself"}.get(
+                stray[0], "the protocol sweeps every threshold (for PaS: --method cam+pas)")
+            raise WSOLError(f"{stray[0]} has no effect with --metadata: {why}")
         if data_root is None:
             raise WSOLError("--metadata needs --data-root (the folder the image ids are relative to)")
         if out is not None:

@@ -521,8 +521,13 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.devic
                       collate_fn=collate_images, pin_memory=device.type == "cuda", **kwargs)
 
 
+def _checkpoint_id(checkpoint: str | Path | None) -> str | None:
+    """The checkpoint as recorded in run.json / scoremaps.json: absolute, so that another spelling matches."""
+    return None if checkpoint is None else str(Path(checkpoint).resolve())
+
+
 def _run_config(options: LocalizeOptions, model: nn.Module, checkpoint: str | None) -> dict[str, Any]:
-    return {"model": getattr(model, "name", type(model).__name__), "checkpoint": checkpoint,
+    return {"model": getattr(model, "name", type(model).__name__), "checkpoint": _checkpoint_id(checkpoint),
             "method": options.method, "target": str(options.target), "threshold": options.threshold,
             "crf": options.crf, "save_maps": options.save_maps,
             "percentile": options.percentile, "boxes": options.boxes, "image_size": options.image_size}
@@ -535,10 +540,12 @@ def claim_folder(record: Path, config: dict[str, Any], has_results: bool, option
     if has_results and record.is_file():
         try:
             old = json.loads(record.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise WSOLError(f"{option} {record.parent}: its {record.name} is unreadable; use another folder or "
                             "delete it to start over") from None
-        diff = [k for k in config if isinstance(old, dict) and k in old and old[k] != config[k]]
+        diff = [k for k in config if k in old and old[k] != config[k]]
         if diff:
             k = diff[0]
             raise WSOLError(f"{option} {record.parent}: holds results made with {k}={old[k]!r}, not "
@@ -565,8 +572,10 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
     size = options.image_size or prep["size"]
     options.image_size = size
     results_path = out / "results.jsonl"
-    has_results = results_path.is_file() and any(line.strip() for line in results_path.open(encoding="utf-8",
-                                                                                            errors="replace"))
+    has_results = False
+    if results_path.is_file():
+        with results_path.open(encoding="utf-8", errors="replace") as lines:
+            has_results = any(line.strip() for line in lines)
     config = _run_config(options, model, checkpoint)
     claim_folder(out / "run.json", config, has_results, "--out")
     results = ResultsLog(results_path)
@@ -600,7 +609,8 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
             prob = float(result.probs[row, k])
             key = keys[index]
             rec: dict[str, Any] = {
-                "id": key, "path": str(files[index]), "width": width, "height": height,
+                # the path absolute: a resume may start from another folder
+                "id": key, "path": os.path.abspath(files[index]), "width": width, "height": height,
                 "display_width": dw, "display_height": dh,
                 "top5": [{"class": int(c), "name": names[int(c)], "prob": round(float(p), 5)}
                          for p, c in zip(top_p[row], top_i[row])],
@@ -706,7 +716,7 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
         if maps_dir.exists() and not maps_dir.is_dir():
             raise WSOLError(f"--scoremaps {maps_dir}: exists and is not a folder")
         has_maps = maps_dir.is_dir() and next(maps_dir.rglob("*.npy"), None) is not None
-        config = {"model": getattr(model, "name", type(model).__name__), "checkpoint": checkpoint,
+        config = {"model": getattr(model, "name", type(model).__name__), "checkpoint": _checkpoint_id(checkpoint),
                   "method": method, "crf": crf, "image_size": image_size}
         claim_folder(maps_dir / SCOREMAPS_RECORD, config, has_maps, "--scoremaps")
         if not evaluate:

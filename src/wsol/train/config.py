@@ -93,7 +93,7 @@ class TrainerConfig:
     out_dir: str = "runs/wsol"
     epochs: int = 50
     max_steps: int = -1  # stop after this many optimizer steps (-1: no limit)
-    limit_train_batches: float | int = 1.0
+    limit_train_batches: float | int = 1.0  # as Lightning: a float is a fraction (1.0 = all), an int a count
     limit_val_batches: float | int = 1.0
     accelerator: str = "auto"
     devices: str = "auto"  # auto | N | "0,1"
@@ -127,6 +127,9 @@ class TrainConfig:
     def check(self) -> None:
         """Validate choices and ranges; raise a one-line :class:`WSOLError` naming the key."""
         accelerators, strategies = _lightning_names()
+        # Lightning reads these names case-insensitively
+        self.trainer.accelerator = self.trainer.accelerator.lower()
+        self.trainer.strategy = self.trainer.strategy.lower()
         choices = {
             "model.pool": (self.model.pool, ("gap", "gmp", "tap")),
             "data.format": (self.data.format, ("wsol", "folder")),

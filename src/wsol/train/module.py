@@ -87,7 +87,10 @@ class WSOLModule(L.LightningModule):
     def on_before_backward(self, loss: Tensor) -> None:
         """Stop at the first non-finite loss: a diverged run would otherwise finish, exit 0 and leave NaN
         weights behind (the last checkpoint, from before, stays resumable)."""
-        if not torch.isfinite(loss.detach()).all():
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if self.trainer is not None and self.trainer.world_size > 1:  # every rank stops, none waits in a reduce
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             raise WSOLError(f"training diverged: the loss is {loss.detach().float().mean().item()} at epoch "
                             f"{self.current_epoch}, step {self.global_step}; lower optim.lr or check the data")
 

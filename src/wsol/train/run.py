@@ -201,8 +201,8 @@ def _trainer(**kwargs: Any) -> L.Trainer:
 
     try:
         return L.Trainer(**kwargs)
-    except MisconfigurationException as exc:
-        raise WSOLError(f"trainer: {str(exc).splitlines()[0]}") from None
+    except (MisconfigurationException, ValueError, TypeError) as exc:  # e.g. devices=0,1 on the CPU
+        raise WSOLError(f"trainer: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
 
 
 def _quiet_warnings() -> None:
