@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -119,6 +120,15 @@ def test_ddp_evaluation_equals_single_process(synth: Path, checkpoint: Path, tmp
     for spec in methods:
         assert single[spec]["num_images"] == 9
     assert double == single
+
+
+def test_ddp_spawn_training_reports_its_test_metrics(synth: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    summary = train(load_config(None, tiny_overrides(synth, out, **{
+        "trainer.epochs": 1, "trainer.devices": 2, "trainer.strategy": "ddp_spawn"})), quiet=True)
+    assert summary["test"]["cam"]["num_images"] == 9  # came back from the spawned ranks
+    assert json.loads((out / "test_metrics.json").read_text())["test"] == summary["test"]
+    assert not (out / ".test_results.json").exists()
 
 
 def test_checkpoint_rebuilds_model_for_localize(checkpoint: Path, synth: Path) -> None:

@@ -287,7 +287,9 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, callbacks: 
     chosen = best if config.eval.test_checkpoint == BEST and best else str(last.resolve())
     summary["tested_checkpoint"] = chosen
     if datamodule.splits.get("test") is not None:
-        summary["test"] = evaluate_module(config, module, datamodule, chosen, trainer=trainer)
+        handover = out / ".test_results.json"  # how ranks started by ddp_spawn hand rank 0's results back
+        summary["test"] = evaluate_module(config, module, datamodule, chosen, trainer=trainer, json_out=handover)
+        handover.unlink(missing_ok=True)
     if trainer.is_global_zero:
         if finalize is not None:
             finalize(summary, chosen)
