@@ -178,9 +178,7 @@ class TrainConfig:
                                 f"{'(0' if least else '[0'}, 1.0] or a number of batches >= {least}")
         if not (self.trainer.max_steps == -1 or self.trainer.max_steps > 0):
             raise WSOLError(f"config trainer.max_steps={self.trainer.max_steps!r}: must be > 0 or -1 (no limit)")
-        if not _valid_devices(self.trainer.devices):
-            raise WSOLError(f"config trainer.devices={self.trainer.devices!r}: expected auto, a number of devices "
-                            "(> 0, or -1 for all) or device indices like 0,1")
+        parse_devices(self.trainer.devices)
         if not self.data.root:
             raise WSOLError("config data.root: required (the folder the images are in)")
         if self.data.format == "wsol" and not self.data.metadata:
@@ -209,15 +207,20 @@ def _number(value: float) -> str:
     return "a finite number " if isinstance(value, float) else ""
 
 
-def _valid_devices(text: str) -> bool:
-    """Whether ``trainer.devices`` is auto, a count (-1 = all) or a list of indices (``0,1`` or ``0 1``)."""
-    text = str(text).strip()
-    if text == "auto":
-        return True
-    if re.fullmatch(r"-?[0-9]+", text):
-        return int(text) == -1 or int(text) > 0
-    parts = text.replace(",", " ").split()
-    return bool(parts) and all(re.fullmatch(r"[0-9]+", part) for part in parts)
+def parse_devices(text: str | int) -> str | int | list[int]:
+    """``trainer.devices`` as Lightning takes it: "auto", a count (-1 = all) or device indices (``0,1``)."""
+    value = str(text).strip()
+    if value == "auto":
+        return "auto"
+    if re.fullmatch(r"-?[0-9]+", value):
+        if int(value) == -1 or int(value) > 0:
+            return int(value)
+    else:
+        parts = value.replace(",", " ").split()
+        if parts and all(re.fullmatch(r"[0-9]+", part) for part in parts):
+            return [int(part) for part in parts]
+    raise WSOLError(f"config trainer.devices={text!r}: expected auto, a number of devices "
+                    "(> 0, or -1 for all) or device indices like 0,1")
 
 
 def _type_name(tp: Any) -> str:

@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressB
 from wsol.errors import WSOLError
 from wsol.files import plain, read_checkpoint, write_json
 from wsol.models import WSOLClassifier, build_model, check_finite_weights
-from wsol.train.config import TrainConfig
+from wsol.train.config import TrainConfig, parse_devices
 from wsol.train.data import WSOLDataModule
 from wsol.train.module import WSOLModule, check_selectable, flat_metrics, select_metric
 
@@ -128,15 +128,6 @@ class ValHistory(Callback):
             handle.write(json.dumps(row) + "\n")
 
 
-def _devices(value: str) -> Any:
-    text = str(value).strip()
-    if text == "auto":
-        return "auto"
-    if text.lstrip("-").isdigit():
-        return int(text)
-    return [int(v) for v in text.replace(",", " ").split()]
-
-
 def _precision(config: TrainConfig, accelerator: str) -> str:
     if config.trainer.precision != "auto":
         return config.trainer.precision
@@ -175,7 +166,7 @@ def make_trainer(config: TrainConfig, out: Path, *, callbacks: Sequence[Callback
     if quiet:  # Lightning's info lines (devices, tips, batch limits, "fit stopped") go too, for the process
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     strategy: Any = t.strategy
-    devices = _devices(t.devices)
+    devices = parse_devices(t.devices)
     if strategy == "auto" and ((isinstance(devices, int) and devices > 1) or isinstance(devices, list)
                                or t.num_nodes > 1):
         from lightning.pytorch.strategies import DDPStrategy
