@@ -74,7 +74,7 @@ def _split_state(obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 
 def load_fcam(path: str | Path, map_location: str | torch.device = "cpu") -> FCAM:
     """Rebuild an :class:`FCAM` from a checkpoint written by :func:`save_fcam` (strict key check)."""
-    from wsol.models import build_model
+    from wsol.models import build_model, check_finite_weights
     from wsol.models.classifier import _problems
 
     path = Path(path)
@@ -109,4 +109,6 @@ def load_fcam(path: str | Path, map_location: str | torch.device = "cpu") -> FCA
     except RuntimeError as exc:
         raise WSOLError(f"{path}: decoder weights do not match its channels "
                         f"({str(exc).splitlines()[0][:200]})") from exc
-    return FCAM(classifier, decoder).eval()
+    model = FCAM(classifier, decoder).eval()
+    check_finite_weights(model, path)
+    return model

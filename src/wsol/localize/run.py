@@ -233,15 +233,19 @@ class LocalizeOptions:
             raise WSOLError(f"--percentile must lie in (0, 100], got {self.percentile}")
         if self.boxes not in ("largest", "all"):
             raise WSOLError(f"--boxes must be 'largest' or 'all', got {self.boxes!r}")
-        if self.batch_size < 1:
-            raise WSOLError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise WSOLError(f"--workers must be >= 0, got {self.workers}")
+        check_batching(self.batch_size, self.workers)
         if self.image_size is not None and not 32 <= self.image_size <= 4096:
             raise WSOLError(f"--image-size must lie in [32, 4096], got {self.image_size}")
         if MapVariant.parse(self.method).pas:  # raises for an unknown method or modifier
             raise WSOLError(f"--method {self.method}: here PaS is --percentile 90 --threshold 0.35 (the boxes' "
                             "threshold relative to the map's 90th percentile); +pas is for --metadata")
+
+
+def check_batching(batch_size: int, workers: int | None) -> None:
+    if batch_size < 1:
+        raise WSOLError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise WSOLError(f"--workers must be >= 0, got {workers}")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -306,15 +310,6 @@ def load_model(model_name: str | None = None, checkpoint: str | Path | None = No
     :func:`wsol.train.run.load_checkpoint_model`; for other state dicts the architecture is ``model_name``
     (default the embedded model) with K from the head's shape. Weights holding NaN or inf are refused.
     """
-    from wsol.models import check_finite_weights
-
-    model = _load_model(model_name, checkpoint)
-    if checkpoint is not None:
-        check_finite_weights(model, checkpoint)
-    return model
-
-
-def _load_model(model_name: str | None, checkpoint: str | Path | None) -> nn.Module:
     from wsol.models import EMBEDDED_MODEL, build_model
 
     if checkpoint is None:
@@ -693,8 +688,7 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
         raise WSOLError("--metadata needs --scoremaps DIR and/or --evaluate")
     variant = MapVariant.parse(method)  # cam, gradcam, ... and cam+nwc, cam+pas as `wsol train` evaluates them
     threshold_list(cam_curve_interval)  # a bad interval fails before anything is written
-    if batch_size < 1 or (workers is not None and workers < 0):
-        raise WSOLError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
+    check_batching(batch_size, workers)
     dev = resolve_device(device)
     meta = Metadata.load(split_dir, mask_root)
     root = Path(data_root)

@@ -206,6 +206,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         n = sum(len(p) for p in probs)
         if n == 0:
             model.load_state_dict(cand, strict=True)
+            check_finite_weights(model, path)
             return
         if best_n is None or n < best_n:
             best, best_n = probs, n
