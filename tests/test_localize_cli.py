@@ -31,7 +31,7 @@ def embedded():
 @pytest.fixture(autouse=True)
 def cached_model(monkeypatch, embedded):
     """Build the embedded model once per module; the CLI's load_model returns it."""
-    monkeypatch.setattr(run_module, "load_model", lambda name=None, checkpoint=None: embedded)
+    monkeypatch.setattr(run_module, "load_model", lambda name=None, checkpoint=None, **_: embedded)
 
 
 GOOD = ("chelsea_cat.png", "coffee_cup.png", "gray.png", "rgba.png", "depth16.png", "sub/rocket.jpg")

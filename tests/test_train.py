@@ -185,7 +185,7 @@ def test_resume_with_another_model_is_one_line_and_changes_nothing(checkpoint: P
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # no config.yaml, no new log folder
     from wsol.localize.run import load_model
 
-    with pytest.raises(WSOLError, match="--model resnet18: .*'resnet10t'"):
+    with pytest.raises(WSOLError, match="model 'resnet18' contradicts .*'resnet10t'"):
         load_model("resnet18", checkpoint)
 
 

@@ -122,7 +122,8 @@ def evaluate(
         plot_curves(plot, boxes, masks, title=str(metadata))
 
 
-data_app = typer.Typer(help="Datasets: generate the synthetic WSOL benchmark.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: prepare CUB / ILSVRC from their official files, or generate the "
+                       "synthetic WSOL benchmark.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
@@ -183,6 +184,33 @@ def data_synth(
     typer.echo(f"wrote {path} (data root {path / 'images'}, masks {path / 'masks'}, metadata {path / 'metadata'})")
 
 
+@data_app.command("prepare")
+def data_prepare(
+    name: str = typer.Argument(..., help="Dataset: cub (CUB-200-2011) or ilsvrc (ImageNet val, the protocol's test)."),
+    src: Path = typer.Argument(..., help="cub: CUB_200_2011.tgz or the extracted folder; ilsvrc: the folder of the "
+                                         "val images (and their XML boxes or Kaggle's LOC_val_solution.csv)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to create (images/ = the data root, metadata/)."),
+    val: Path | None = typer.Option(None, "--val", help="cub: the CUBV2 images (folder of class folders or "
+                                                         "CUBV2.tar) for the val split (train-fullsup)."),
+    val_boxes: Path | None = typer.Option(None, "--val-boxes", help="cub: the CUBV2 boxes, wsolevaluation's "
+                                                                    "metadata/CUB/val/localization.txt."),
+    boxes: Path | None = typer.Option(None, "--boxes", help="ilsvrc: the XML folder or LOC_val_solution.csv, when "
+                                                            "not in SRC."),
+    synsets: Path | None = typer.Option(None, "--synsets", help="ilsvrc: LOC_synset_mapping.txt or one wnid a line "
+                                                                "(the class order), when not in SRC."),
+    overwrite: bool = typer.Option(False, help="Replace a folder written by an earlier `wsol data prepare`."),
+) -> None:
+    """Prepare a standard WSOL dataset from its official files: the data root and the WSOL metadata."""
+    from wsol.data.prepare import prepare
+
+    given = {"val": val, "val_boxes": val_boxes, "boxes": boxes, "synsets": synsets}
+    result = prepare(name, src, out, overwrite=overwrite, **{k: v for k, v in given.items() if v is not None})
+    counts = ", ".join(f"{split} {n}" for split, n in result.splits.items())
+    links = " (symbolic links into the source: keep it in place)" if result.linked else ""
+    typer.echo(f"wrote {result.out}: {counts} images\n  --data-root {result.data_root}{links}\n"
+               f"  metadata    {result.metadata}")
+
+
 @app.command()
 def samples(
     out: Path = typer.Option(Path("samples"), "--out", "-o", help="Folder to write the sample photos into."),
@@ -236,9 +264,15 @@ def localize(
     paths: list[Path] | None = typer.Argument(None, help="Images or folders (searched recursively)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder: results.jsonl, overlays/, index.html."),
     model: str | None = typer.Option(None, help="Model name (default: the embedded EfficientNet-Lite0, offline)."),
-    checkpoint: Path | None = typer.Option(None, help="A checkpoint of a model trained with wsol."),
+    checkpoint: Path | None = typer.Option(None, help="A checkpoint of any format wsol.models.load reads (wsol, "
+                                                      "wsolevaluation, CAM Back Again, timm, RepLKNet, SLaK...)."),
     method: str = typer.Option("cam", help="Activation-map method (any registered one: cam, gradcam, pc1...; "
                                            "cam+nwc; cam+pas with --metadata)."),
+    as_published: bool = typer.Option(False, "--as-published", help="cam / pc1 exactly as CAM Back Again's script "
+                                      "computes them (raw head weights, their frame test)."),
+    large_feature_map: bool | None = typer.Option(None, "--large-feature-map/--no-large-feature-map",
+                                                  help="WSOL backbones: the 28 x 28 variant (wsolevaluation "
+                                                       "files do not record it)."),
     target: str = typer.Option("top1", help="Class to localize: top1, a class index or a class name."),
     threshold: float = typer.Option(0.2, help="Foreground = map > threshold x reference value."),
     percentile: float = typer.Option(100.0, help="Reference value: this percentile of the map (100 = the max)."),
@@ -264,6 +298,9 @@ def localize(
     from wsol.files import plain
     from wsol.localize.run import LocalizeOptions, load_model, localize_images, localize_split, preprocessing
 
+    if as_published:
+        method = _published(method)
+
     # options of one mode given in the other would be silently ignored: say so instead
     folder_only = {"--target": target != "top1", "--threshold": threshold != 0.2, "--percentile": percentile != 100,
                    "--boxes": boxes != "largest", "--save-maps": save_maps}
@@ -288,7 +325,7 @@ def localize(
             from wsol.files import check_output_path
 
             check_output_path(out, "--out", folder=True)
-        net = load_model(model, checkpoint)
+        net = load_model(model, checkpoint, large_feature_map=large_feature_map)
         summary = localize_split(metadata, data_root, net, method=method, scoremap_dir=scoremaps,
                                  evaluate=evaluate_, mask_root=mask_root, batch_size=batch_size, device=device,
                                  workers=workers, image_size=image_size or preprocessing(net)["size"],
@@ -325,7 +362,7 @@ def localize(
                               image_size=image_size, batch_size=batch_size, device=device, save_maps=save_maps,
                               workers=workers, crf=crf)
     options.check()  # wrong options fail before the model loads
-    net = load_model(model, checkpoint)
+    net = load_model(model, checkpoint, large_feature_map=large_feature_map)
     summary = localize_images(paths, out, net, options, quiet=quiet,
                               checkpoint=str(checkpoint) if checkpoint else None)
     if not quiet:
@@ -340,6 +377,31 @@ def localize(
                       + (f" ({len(summary.skipped)} unreadable, {len(summary.ignored)} not images)" if quiet else ""),
                       highlight=False)
         raise typer.Exit(1)
+
+
+def _published(method: str) -> str:
+    """``--as-published``: the ``+published`` variant of cam / pc1 (before any +pas)."""
+    from wsol.localize.variants import MapVariant
+
+    base, _, rest = method.partition("+")
+    spec = "+".join([base, "published"] + ([rest] if rest else []))
+    MapVariant.parse(spec)  # one line for a method without a published procedure
+    return spec
+
+
+@app.command()
+def inspect(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file of any format wsol reads."),
+    model: str | None = typer.Option(None, help="Architecture override (for files that do not name it)."),
+    large_feature_map: bool | None = typer.Option(None, "--large-feature-map/--no-large-feature-map",
+                                                  help="WSOL backbones: the 28 x 28 variant."),
+) -> None:
+    """What a checkpoint holds: format, architecture, classes, head, feature map, preprocessing."""
+    from wsol.models.load import describe, load
+
+    net = load(checkpoint, model=model, large_feature_map=large_feature_map)
+    for line in describe(net):
+        typer.echo(line)
 
 
 from wsol.fcam.cli import register as _register_fcam  # noqa: E402  (wsol fcam train | localize)

@@ -143,6 +143,20 @@ def forward_target_weights(model: nn.Module, x: Tensor,
     return f, logits, tgt, w, b
 
 
+def forward_raw_weights(model: nn.Module, x: Tensor,
+                        explicit: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(F, logits, targets, W_k)`` with the target's *raw* head weights (``head.fc.weight``, no norm folded):
+    what CAM Back Again's ``get_feature_maps`` multiplies F by."""
+    fc = getattr(getattr(model, "head", None), "fc", None)
+    if not isinstance(fc, nn.Linear):
+        raise WSOLError(f"as_published needs a model with a linear head (model.head.fc); got {type(model).__name__}")
+    with torch.no_grad():
+        f = model.features(x)
+        logits = model.logits_from_features(f)
+        tgt = pick_targets(explicit, logits)
+    return f, logits, tgt, fc.weight.detach()[tgt]
+
+
 def target_weights(model: nn.Module, f: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Folded class weights of the target class: ``W_k`` (B, C) and ``b_k`` (B,)."""
     w, b = model.class_weights(f)

@@ -1,4 +1,4 @@
-"""Reader for the standard WSOL metadata format (clovaai/wsolevaluation).
+"""Reader and writer for the standard WSOL metadata format (clovaai/wsolevaluation).
 
 A split folder holds plain text files, one comma-separated record a line, paths relative to the data root:
 
@@ -16,11 +16,14 @@ a problem raises :class:`~wsol.errors.WSOLError` naming the file and line. A UTF
 
 Beside the split folders, an optional ``class_names.txt`` (wsol extension) names class i on line i; training
 stores the names in its checkpoints, so reports say "03_dots" rather than "class 3".
+
+:func:`write_split` writes a split folder from :class:`Record` objects (``wsol data synth`` and the
+``wsol data prepare`` preparers use it), one line per record in the order given, each file atomically.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,7 @@ import cv2
 import numpy as np
 
 from wsol.errors import WSOLError
+from wsol.files import write_text
 
 EVAL_SIZE = 224  # the protocol evaluates every score map at 224 x 224
 
@@ -274,3 +278,81 @@ def read_class_names(path: Path) -> list[str] | None:
     if not names or any(not n for n in names):
         raise WSOLError(f"{path}: expected one class name per line, without empty lines")
     return names
+
+
+def write_class_names(metadata_dir: str | Path, names: Sequence[str]) -> Path:
+    """Write ``class_names.txt`` (line i names class i) into ``metadata_dir``, atomically."""
+    bad = [n for n in names if not n.strip() or "\n" in n or "\r" in n]
+    if bad:
+        raise WSOLError(f"{metadata_dir}: class name {bad[0]!r} is empty or spans lines")
+    path = Path(metadata_dir) / CLASS_NAMES_FILE
+    write_text(path, "".join(name + "\n" for name in names))
+    return path
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image of a split, as :func:`write_split` writes it.
+
+    ``boxes`` are ``(x0, y0, x1, y1)`` in original pixels; ``masks`` are instance mask paths (relative to the
+    mask root) and ``ignore`` the image's ignore mask ('' for none).
+    """
+
+    image_id: str
+    label: int
+    size: tuple[int, int] | None = None  # (width, height)
+    boxes: Sequence[tuple[int, int, int, int]] = ()
+    masks: Sequence[str] = ()
+    ignore: str = ""
+
+
+_SPLIT_FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt", "mask_localization.txt")
+
+
+def write_split(split_dir: str | Path, records: Iterable[Record]) -> Path:
+    """Write a split folder that :meth:`Metadata.load` reads back: one line per record (per box, per mask).
+
+    ``image_ids.txt``, ``class_labels.txt`` and ``image_sizes.txt`` are always written; ``localization.txt``
+    holds the boxes, or the masks when no record has a box; ``mask_localization.txt`` the masks when there are
+    boxes too. A standard file that has nothing to hold is removed, so the folder holds exactly ``records``.
+    Each file is written atomically; a record that the format cannot hold (an id with a comma or a line
+    break, a negative label) raises :class:`WSOLError` before anything is written.
+    """
+    split_dir = Path(split_dir)
+    records = list(records)
+    seen: set[str] = set()
+    for record in records:
+        image_id = record.image_id
+        parts = image_id.replace("\\", "/").split("/")
+        if any(c in image_id for c in ",\r\n") or image_id != image_id.strip() or parts[0] == "" or ".." in parts:
+            raise WSOLError(f"{split_dir}: image id {image_id!r} cannot be written (it must be a relative path "
+                            "inside the data root, without commas, line breaks or surrounding spaces)")
+        if image_id in seen:
+            raise WSOLError(f"{split_dir}: image id {image_id!r} given twice")
+        seen.add(image_id)
+        if record.label < 0:
+            raise WSOLError(f"{split_dir}: image {image_id!r} has a negative label {record.label}")
+        if any(c in name for name in (*record.masks, record.ignore) for c in ",\r\n"):
+            raise WSOLError(f"{split_dir}: a mask path of image {image_id!r} contains a comma or a line break")
+
+    box_lines = [f"{r.image_id},{x0},{y0},{x1},{y1}" for r in records for x0, y0, x1, y1 in r.boxes]
+    mask_lines = [f"{r.image_id},{mask},{r.ignore if j == 0 else ''}" for r in records
+                  for j, mask in enumerate(r.masks)]
+    files = {
+        "image_ids.txt": [r.image_id for r in records],
+        "class_labels.txt": [f"{r.image_id},{r.label}" for r in records],
+        "image_sizes.txt": [f"{r.image_id},{r.size[0]},{r.size[1]}" for r in records if r.size is not None],
+    }
+    if box_lines:
+        files["localization.txt"] = box_lines
+        if mask_lines:
+            files["mask_localization.txt"] = mask_lines
+    elif mask_lines:
+        files["localization.txt"] = mask_lines
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for name in _SPLIT_FILES:
+        if name in files:
+            write_text(split_dir / name, "".join(line + "\n" for line in files[name]))
+        elif (split_dir / name).is_file():
+            (split_dir / name).unlink()
+    return split_dir

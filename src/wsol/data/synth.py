@@ -21,7 +21,7 @@ Layout written under ``DIR`` (data root ``DIR/images``, mask root ``DIR/masks``)
     images/<split>/<class>/<class>_<nnnn>.png
     masks/<split>/<class>/<class>_<nnnn>_m<i>.png      one per object, 0/255
     masks/<split>/<class>/<class>_<nnnn>_ignore.png    loose heads (all zero when there is none)
-    metadata/<split>/{image_ids,class_labels,image_sizes,localization,mask_localization}.txt
+    metadata/<split>/{image_ids,class_labels,image_sizes,localization,mask_localization}.txt  (write_split)
     synth.json, README.md                              the config, class names, counts
 
 The same config (seed included) gives byte-identical files: every image draws from its own random stream
@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from wsol.data.metadata import CLASS_NAMES_FILE
+from wsol.data.metadata import Record, write_class_names, write_split
 from wsol.errors import WSOLError
 
 SPLITS = ("train", "val", "test")
@@ -541,7 +541,7 @@ def _generate_into(config: SynthConfig, root: Path, progress: ProgressFn | None)
     done = 0
     counts: dict[str, int] = {}
     for split_index, split in enumerate(SPLITS):
-        ids, labels, sizes, boxes, masks = [], [], [], [], []
+        records: list[Record] = []
         for label, name in enumerate(names):
             for i in range(config.per_class(split)):
                 rng = np.random.default_rng([config.seed, split_index, label, i])
@@ -549,32 +549,21 @@ def _generate_into(config: SynthConfig, root: Path, progress: ProgressFn | None)
                 stem = f"{split}/{name}/{name}_{i:04d}"
                 image_id = f"{stem}.png"
                 _write_png(root / "images" / image_id, rgb)
-                ids.append(image_id)
-                labels.append(f"{image_id},{label}")
-                sizes.append(f"{image_id},{rgb.shape[1]},{rgb.shape[0]}")
                 ignore_name = f"{stem}_ignore.png"
                 _write_png(root / "masks" / ignore_name, ignore.astype(np.uint8) * 255)
+                mask_names = []
                 for j, mask in enumerate(instance_masks):
-                    mask_name = f"{stem}_m{j}.png"
-                    _write_png(root / "masks" / mask_name, mask.astype(np.uint8) * 255)
-                    x0, y0, x1, y1 = mask_box(mask)
-                    boxes.append(f"{image_id},{x0},{y0},{x1},{y1}")
-                    masks.append(f"{image_id},{mask_name},{ignore_name if j == 0 else ''}")
+                    mask_names.append(f"{stem}_m{j}.png")
+                    _write_png(root / "masks" / mask_names[-1], mask.astype(np.uint8) * 255)
+                records.append(Record(image_id, label, size=(rgb.shape[1], rgb.shape[0]),
+                                      boxes=[mask_box(mask) for mask in instance_masks], masks=mask_names,
+                                      ignore=ignore_name))
                 done += 1
                 if progress is not None:
                     progress(done, total)
-        counts[split] = len(ids)
-        meta = root / "metadata" / split
-        meta.mkdir(parents=True, exist_ok=True)
-        for file_name, lines in (
-            ("image_ids.txt", ids),
-            ("class_labels.txt", labels),
-            ("image_sizes.txt", sizes),
-            ("localization.txt", boxes),
-            ("mask_localization.txt", masks),
-        ):
-            (meta / file_name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    (root / "metadata" / CLASS_NAMES_FILE).write_text("".join(n + "\n" for n in names), encoding="utf-8")
+        counts[split] = len(records)
+        write_split(root / "metadata" / split, records)
+    write_class_names(root / "metadata", names)
     info = {
         "format": GENERATOR,
         "config": asdict(config),

@@ -41,7 +41,7 @@ from wsol.cams import compute_cams
 from wsol.data.images import find_image_files, read_image
 from wsol.data.transforms import normalize_batch
 from wsol.errors import WSOLError
-from wsol.files import json_text, read_checkpoint, save_npy, write_text
+from wsol.files import json_text, save_npy, write_text
 from wsol.localize.boxes import contour_boxes, mask_from_map
 from wsol.localize.crf import crf_refine
 from wsol.localize.maps import minmax_normalize, resize_map, to_score_maps
@@ -302,70 +302,23 @@ def resolve_target(target: str | int | None, names: Sequence[str]) -> int | None
     raise WSOLError(f"--target {text!r} is ambiguous ({len(partial)} classes: {some}...); use a class index")
 
 
-def load_model(model_name: str | None = None, checkpoint: str | Path | None = None) -> nn.Module:
-    """The embedded default, a named model (pretrained where possible), or a wsol-trained checkpoint.
-
-    An F-CAM checkpoint (``fcam.pt`` or a ``wsol fcam train`` checkpoint) rebuilds the classifier with its
-    decoder. A ``wsol train`` checkpoint (with its ``"wsol"`` record) rebuilds itself through
-    :func:`wsol.train.run.load_checkpoint_model`; for other state dicts the architecture is ``model_name``
-    (default the embedded model) with K from the head's shape. Weights holding NaN or inf are refused.
-    """
-    from wsol.models import EMBEDDED_MODEL, build_model
+def load_model(model_name: str | None = None, checkpoint: str | Path | None = None,
+               large_feature_map: bool | None = None) -> nn.Module:
+    """The embedded default, a named model (pretrained where possible), or any checkpoint
+    :func:`wsol.models.load` reads (``model_name`` then overrides the architecture the file names or implies;
+    contradicting it is an error)."""
+    from wsol.models import EMBEDDED_MODEL, build_model, load
 
     if checkpoint is None:
         name = model_name or EMBEDDED_MODEL
         try:
-            return build_model(name, pretrained=True)
+            return build_model(name, pretrained=True, **({"large_feature_map": large_feature_map}
+                                                         if large_feature_map is not None else {}))
         except WSOLError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise WSOLError(f"--model {name}: cannot be built ({type(exc).__name__}: {exc})") from exc
-    path = Path(checkpoint)
-    obj = read_checkpoint(path)
-    from wsol.fcam.checkpoint import is_fcam_checkpoint, load_fcam
-
-    if is_fcam_checkpoint(obj):  # an F-CAM model (classifier + decoder): --method fcam, or any CAM method
-        return load_fcam(path)
-    if isinstance(obj, dict) and isinstance(obj.get("wsol"), dict) and "state_dict" in obj:
-        from wsol.train.run import load_checkpoint_model  # a `wsol train` checkpoint rebuilds itself
-
-        recorded = obj["wsol"].get("model")
-        if model_name is not None and model_name != recorded:
-            raise WSOLError(f"--model {model_name}: {path} is a checkpoint of {recorded!r}, which it rebuilds "
-                            "itself; leave out --model")
-        return load_checkpoint_model(path)
-    meta: dict[str, Any] = {}
-    if isinstance(obj, dict):
-        for key in ("wsol", "hyper_parameters", "meta"):
-            if isinstance(obj.get(key), dict):
-                meta.update(obj[key])
-    name = model_name or meta.get("model") or meta.get("model_name") or meta.get("arch") or EMBEDDED_MODEL
-    num_classes = meta.get("num_classes")
-    if num_classes is None:
-        num_classes = _head_classes(obj)
-    try:
-        model = build_model(str(name), num_classes=num_classes, pretrained=False, weights=path)
-    except WSOLError as exc:
-        raise WSOLError(f"--checkpoint {path}: {exc}".replace(f"{path}: ", "", 1)
-                        if str(exc).startswith(str(path)) else f"--checkpoint: {exc}") from exc
-    names = meta.get("class_names")
-    if isinstance(names, (list, tuple)) and len(names) == int(model.num_classes):
-        model.class_names = [str(n) for n in names]
-    return model
-
-
-def _head_classes(obj: Any) -> int | None:
-    stack = [obj]
-    while stack:
-        cur = stack.pop()
-        if isinstance(cur, dict):
-            for k, v in cur.items():
-                if isinstance(v, Tensor) and str(k).endswith(("head.fc.weight", "fc.weight", "classifier.weight")) \
-                        and v.ndim == 2:
-                    return int(v.shape[0])
-                if isinstance(v, dict):
-                    stack.append(v)
-    return None
+    return load(checkpoint, model=model_name, large_feature_map=large_feature_map)
 
 
 class ResultsLog:

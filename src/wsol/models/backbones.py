@@ -79,10 +79,11 @@ class VGG16GAP(nn.Module):
         return self.relu6(self.conv6(self.features(x)))
 
 
-def build_vgg16(pretrained: bool = False, large_feature_map: bool = False) -> VGG16GAP:
-    """VGG16-GAP from timm's ``vgg16`` conv layers (ImageNet weights when ``pretrained``)."""
+def build_vgg16(pretrained: bool = False, large_feature_map: bool = False, tag: str = "") -> VGG16GAP:
+    """VGG16-GAP from timm's ``vgg16`` conv layers (ImageNet weights when ``pretrained``; ``tag`` names them,
+    e.g. ``tv_in1k``, torchvision's, which the protocol starts from)."""
     if pretrained:
-        features = timm.create_model("vgg16", pretrained=True).features
+        features = timm.create_model("vgg16" + (f".{tag}" if tag else ""), pretrained=True).features
     else:  # same layers and key names, without allocating timm's 100M-parameter fc6/fc7
         layers: list[nn.Module] = []
         cin = 3
@@ -158,9 +159,11 @@ class InceptionV3CAM(nn.Module):
         return self.SPG_A3_2b(self.drop(x))
 
 
-def build_inception_v3(pretrained: bool = False, large_feature_map: bool = False) -> InceptionV3CAM:
-    """InceptionV3-CAM from timm's ``inception_v3`` layers (ImageNet weights when ``pretrained``)."""
-    base = timm.create_model("inception_v3", pretrained=pretrained)
+def build_inception_v3(pretrained: bool = False, large_feature_map: bool = False,
+                       tag: str = "") -> InceptionV3CAM:
+    """InceptionV3-CAM from timm's ``inception_v3`` layers (ImageNet weights when ``pretrained``; ``tag``
+    as for :func:`build_vgg16`)."""
+    base = timm.create_model("inception_v3" + (f".{tag}" if tag else ""), pretrained=pretrained)
     return InceptionV3CAM(base, large_feature_map=large_feature_map)
 
 

@@ -210,7 +210,11 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             return
         if best_n is None or n < best_n:
             best, best_n = probs, n
-    missing, unexpected, shapes = best
+    raise WSOLError(f"{path}: weights do not match {getattr(model, 'name', '') or type(model).__name__}; "
+                    + _describe(*best))
+
+
+def _describe(missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
     parts = []
     if missing:
         parts.append(f"missing keys: {_fmt(missing)}")
@@ -218,5 +222,13 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         parts.append(f"unexpected keys: {_fmt(unexpected)}")
     if shapes:
         parts.append(f"shape mismatch: {_fmt(shapes, 2)}")
-    raise WSOLError(f"{path}: weights do not match {getattr(model, 'name', '') or type(model).__name__}; "
-                    + "; ".join(parts))
+    return "; ".join(parts)
+
+
+def load_state_strict(model: nn.Module, state: Mapping[str, Tensor], context: str) -> None:
+    """``model.load_state_dict(state, strict=True)``, or one ``WSOLError`` line: ``context`` and the first
+    missing / unexpected / mis-shaped keys."""
+    problems = _problems(model, state)
+    if any(problems):
+        raise WSOLError(f"{context}; {_describe(*problems)}")
+    model.load_state_dict(state, strict=True)

@@ -158,7 +158,8 @@ def build_model(
     k = 1000 if num_classes is None else int(num_classes)
     if k < 1:
         raise WSOLError(f"num_classes must be >= 1, got {num_classes}")
-    do_surgery = (name in WSOL_MODELS) if surgery is None else bool(surgery)
+    arch, _, tag = name.partition(".")  # a timm pretrained tag (resnet50.tv_in1k) names the weights
+    do_surgery = (arch in WSOL_MODELS) if surgery is None else bool(surgery)
     new_layers: tuple[str, ...] = ()
     input_size = None
     if name == EMBEDDED_MODEL:
@@ -166,19 +167,19 @@ def build_model(
         head, key_map = _extract_head(timm_model, name)
         data_config = _data_config(timm_model)
         backbone = timm_model
-    elif do_surgery and name in ("vgg16", "inception_v3"):
-        builder = build_vgg16 if name == "vgg16" else build_inception_v3
-        backbone = builder(pretrained=pretrained, large_feature_map=large_feature_map)
+    elif do_surgery and arch in ("vgg16", "inception_v3"):
+        builder = build_vgg16 if arch == "vgg16" else build_inception_v3
+        backbone = builder(pretrained=pretrained, large_feature_map=large_feature_map, tag=tag)
         head = LinearHead(nn.Linear(1024, k))
         nn.init.normal_(head.fc.weight, 0.0, 0.01)
         nn.init.zeros_(head.fc.bias)
-        key_map = {"fc.": "head.fc."} if name == "vgg16" else {"SPG_A4.": "head.fc."}
+        key_map = {"fc.": "head.fc."} if arch == "vgg16" else {"SPG_A4.": "head.fc."}
         new_layers = backbone.new_layers
         data_config = _data_config(backbone, input_size=224)
     else:
         timm_model = _create_timm(name, pretrained, num_classes=k, **timm_kwargs)
         if do_surgery:
-            if not name.startswith("resnet"):
+            if not arch.startswith("resnet"):
                 raise WSOLError(f"model {name!r}: WSOL surgery is defined for resnet50, vgg16, inception_v3")
             resnet_surgery(timm_model, large_feature_map=large_feature_map)
             new_layers = ("layer4",)  # wsolevaluation trains layer4 with the classifier learning rate

@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressB
 
 from wsol.errors import WSOLError
 from wsol.files import plain, read_checkpoint, write_json
-from wsol.models import WSOLClassifier, build_model, check_finite_weights
+from wsol.models import WSOLClassifier
 from wsol.train.config import TrainConfig, parse_devices
 from wsol.train.data import WSOLDataModule
 from wsol.train.module import WSOLModule, check_selectable, flat_metrics, select_metric
@@ -385,31 +385,8 @@ def _check_arch(path: Path, meta: dict[str, Any], model: WSOLClassifier) -> None
 
 def load_checkpoint_model(path: str | Path, map_location: str | torch.device = "cpu") -> WSOLClassifier:
     """Rebuild the trained classifier (architecture, pooling, classes, weights) from a ``wsol train``
-    checkpoint alone; eval mode."""
-    path = Path(path)
-    meta = read_checkpoint_meta(path)
-    model = build_model(str(meta["model"]), num_classes=int(meta["num_classes"]), pool=str(meta.get("pool", "gap")),
-                        tap_theta=float(meta.get("tap_theta", 0.1)), pretrained=False,
-                        large_feature_map=bool(meta.get("large_feature_map", False)),
-                        surgery=meta.get("surgery"))
-    state = {k[len("model."):]: v for k, v in meta["state_dict"].items() if k.startswith("model.")}
-    missing, unexpected = [k for k in model.state_dict() if k not in state], [k for k in state
-                                                                             if k not in model.state_dict()]
-    if missing or unexpected:
-        raise WSOLError(f"{path}: weights do not fit {meta['model']!r} "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:  # shapes that disagree with the record (e.g. num_classes)
-        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
-        raise WSOLError(f"{path}: weights do not fit {meta['model']!r} ({first})") from None
-    check_finite_weights(model, path)
-    if meta.get("class_names"):
-        model.class_names = list(meta["class_names"])
-    if isinstance(meta.get("data_config"), dict):
-        dc = dict(meta["data_config"])
-        for key in ("mean", "std", "input_size"):
-            if key in dc and isinstance(dc[key], list):
-                dc[key] = tuple(dc[key])
-        model.data_config.update(dc)
-    return model.to(map_location).eval()
+    checkpoint alone; eval mode. (:func:`wsol.models.load` reads every other format too.)"""
+    from wsol.models import load
+
+    read_checkpoint_meta(path)  # one line for a file of another kind (an F-CAM checkpoint, a state dict)
+    return load(path, map_location=map_location)
