@@ -75,7 +75,7 @@ def _split_state(obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 def load_fcam(path: str | Path, map_location: str | torch.device = "cpu") -> FCAM:
     """Rebuild an :class:`FCAM` from a checkpoint written by :func:`save_fcam` (strict key check)."""
     from wsol.models import build_model, check_finite_weights
-    from wsol.models.classifier import _problems
+    from wsol.models.classifier import load_state_strict
 
     path = Path(path)
     obj = read_checkpoint(path, "F-CAM checkpoint", map_location)
@@ -88,11 +88,7 @@ def load_fcam(path: str | Path, map_location: str | torch.device = "cpu") -> FCA
     kwargs = {k: meta[k] for k in ("pool", "tap_theta", "large_feature_map", "surgery") if k in meta}
     classifier = build_model(str(meta["model"]), num_classes=meta.get("num_classes"), pretrained=False, **kwargs)
     state, decoder_state = _split_state(obj)
-    missing, unexpected, shapes = _problems(classifier, state)
-    if missing or unexpected or shapes:
-        first = (missing + unexpected + shapes)[0]
-        raise WSOLError(f"{path}: classifier weights do not match {meta['model']!r} (first problem: {first})")
-    classifier.load_state_dict(state, strict=True)
+    load_state_strict(classifier, state, f"{path}: classifier weights do not match {meta['model']!r}")
     if isinstance(meta.get("data_config"), Mapping):
         cfg = dict(meta["data_config"])
         for key in ("mean", "std", "input_size"):

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from wsol.errors import WSOLError
 from wsol.files import read_checkpoint
 from wsol.models.heads import LinearHead
+from wsol.models.load import unwrap_state_dict
 
 
 class WSOLClassifier(nn.Module):
@@ -144,25 +145,6 @@ def _capture_outputs(root: nn.Module, names: Sequence[str], sink: list[Tensor]) 
 
 # ---------------------------------------------------------------------- weights
 
-_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
-
-
-def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
-    for _ in range(4):
-        if isinstance(obj, Mapping) and not all(isinstance(v, Tensor) for v in obj.values()):
-            inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
-            if inner is None:
-                break
-            obj = inner
-    if not isinstance(obj, Mapping) or not obj:
-        raise WSOLError(f"{path}: not a state dict (found {type(obj).__name__})")
-    state = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
 def _problems(model: nn.Module, state: Mapping[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -194,7 +176,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     """
     path = Path(path)
     obj = read_checkpoint(path, "weights")
-    state = _unwrap(obj, path)
+    state = unwrap_state_dict(obj, path)
     candidates = [state]
     if isinstance(model, WSOLClassifier):
         candidates.append(model.remap_external_keys(state))

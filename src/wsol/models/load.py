@@ -22,6 +22,7 @@ contradicts the file is an error. Every problem is one :class:`~wsol.errors.WSOL
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +39,6 @@ from wsol.files import read_checkpoint
 CAM_BACK_AGAIN_DATA = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "input_size": (3, 384, 384),
                        "interpolation": "bilinear", "crop_pct": 1.0}
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "module", "net")
-_NOT_WEIGHTS = re.compile(r"(^|[._])masks?($|[._])")  # SLaK's sparse-training masks
 _WSOLEVAL_METHOD_KEYS = {"classifier_A.": "ACoL", "SPG_B_": "SPG", "SPG_C.": "SPG"}
 _OVERRIDES = ("model", "large_feature_map", "surgery", "pool", "tap_theta")
 
@@ -237,7 +237,22 @@ def _wsol_train(path: Path, obj: Mapping[str, Any], overrides: dict[str, Any]) -
     dc = _tuple_lists(meta["data_config"]) if isinstance(meta.get("data_config"), Mapping) else None
     info = CheckpointInfo(str(path), "wsol-train", name, k, _class_names(path, meta.get("class_names"), k),
                           build, dc)
-    return _Plan(info, state)
+    return _Plan(info, state, adapt=_method_setup(path, meta.get("method")))
+
+
+def _method_setup(path: Path, record: Any) -> Callable[[nn.Module], None] | None:
+    """The recorded training method's network change (ACoL's branches, ADL's layers...), before loading."""
+    if not isinstance(record, Mapping) or record.get("name", "cam") == "cam":
+        return None
+    from wsol.methods import get_training_method
+    from wsol.train.config import MethodConfig
+
+    known = {f.name for f in dataclasses.fields(MethodConfig)}
+    try:
+        method = get_training_method(MethodConfig(**{k: v for k, v in record.items() if k in known}))
+    except WSOLError as exc:
+        raise WSOLError(f"{path}: its training method record: {exc}") from None
+    return method.setup
 
 
 def _num_classes(path: Path, value: Any) -> int:
@@ -431,9 +446,10 @@ def _same_replknet(arch: Mapping[str, Any], spec: Mapping[str, Any], merged: boo
 def _slak(path: Path, state: dict[str, Tensor], overrides: dict[str, Any]) -> _Plan | None:
     if "downsample_layers.0.0.weight" not in state or not any(".large_kernel." in k for k in state):
         return None
+    from wsol.models.official import NOT_WEIGHTS
     from wsol.models.slak import _ARCHS, SLaK
 
-    state = {k: v for k, v in state.items() if not _NOT_WEIGHTS.search(k)}
+    state = {k: v for k, v in state.items() if not NOT_WEIGHTS.search(k)}
     for pattern, repl in SLaK.official_key_renames:
         state = {re.sub(pattern, repl, k): v for k, v in state.items()}
     widths = tuple(int(state[f"downsample_layers.{i}.{1 if i else 0}.weight"].shape[0]) for i in range(4))

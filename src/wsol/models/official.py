@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from wsol.errors import WSOLError
 from wsol.files import read_checkpoint
+from wsol.models.load import unwrap_state_dict
 
 __all__ = [
     "ReparamLargeKernelConv",
@@ -31,10 +32,8 @@ __all__ = [
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
-#: Wrapper keys under which training scripts store the weights, tried in this order.
-WRAPPER_KEYS: tuple[str, ...] = ("model", "state_dict", "model_state_dict", "net")
 #: Keys that are not weights (sparse-training masks and the like) are dropped before loading.
-_NOT_WEIGHTS = re.compile(r"(^|[._])masks?($|[._])")
+NOT_WEIGHTS = re.compile(r"(^|[._])masks?($|[._])")
 _SHOW = 5  # how many missing / unexpected keys an error message names
 
 
@@ -214,23 +213,9 @@ def read_official_state_dict(
     of ``(regex, replacement)`` pairs applied to every key in order.
     """
     path = Path(path)
-    obj = read_checkpoint(path)
-    for _ in range(3):  # nested wrappers, e.g. {"state_dict": {"model": ...}}
-        if isinstance(obj, Mapping):
-            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-            if inner is not None:
-                obj = inner
-                continue
-        break
-    if not isinstance(obj, Mapping):
-        raise WSOLError(f"{path}: not a state dict (found {type(obj).__name__})")
     state: dict[str, Tensor] = {}
-    for key, value in obj.items():
-        if not isinstance(key, str) or not isinstance(value, Tensor):
-            continue
-        if key.startswith("module."):
-            key = key[len("module."):]
-        if _NOT_WEIGHTS.search(key):
+    for key, value in unwrap_state_dict(read_checkpoint(path), path).items():
+        if NOT_WEIGHTS.search(key):
             continue
         for pattern, repl in renames:
             key = re.sub(pattern, repl, key)

@@ -110,10 +110,33 @@ class TrainerConfig:
 
 
 @dataclass
+class MethodConfig:
+    """The WSOL training method and its options, named and defaulted as clovaai/wsolevaluation's ``config.py``
+    (``--wsol_method``, ``--has_grid_size``...); see :mod:`wsol.methods`."""
+
+    name: str = "cam"  # cam | has | cutmix | adl | acol | spg
+    has_grid_size: int = 4  # HaS: side of the square patches, in pixels (wsolevaluation's meaning)
+    has_drop_rate: float = 0.5  # HaS: probability that a patch is hidden
+    acol_threshold: float = 0.7  # ACoL: erase where branch A's normalised map is above this
+    spg_threshold_1h: float = 0.7  # SPG: (high, low) thresholds of the three pixel pseudo-label maps
+    spg_threshold_1l: float = 0.01
+    spg_threshold_2h: float = 0.5
+    spg_threshold_2l: float = 0.05
+    spg_threshold_3h: float = 0.7
+    spg_threshold_3l: float = 0.1
+    adl_drop_rate: float = 0.75  # ADL: probability of the drop mask (else the importance map)
+    adl_threshold: float = 0.9  # ADL: drop where attention > this x its max
+    adl_blocks: list[str] | None = None  # ADL: modules after which ADL acts (default: the protocol's places)
+    cutmix_beta: float = 1.0  # CutMix: Beta(beta, beta) of the mixing ratio
+    cutmix_prob: float = 1.0  # CutMix: probability that a batch is mixed
+
+
+@dataclass
 class TrainConfig:
     """The whole recipe. ``reported`` states what the paper reports for this recipe (documentation only)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -179,6 +202,9 @@ class TrainConfig:
         if not (self.trainer.max_steps == -1 or self.trainer.max_steps > 0):
             raise WSOLError(f"config trainer.max_steps={self.trainer.max_steps!r}: must be > 0 or -1 (no limit)")
         parse_devices(self.trainer.devices)
+        from wsol.methods import check_method
+
+        check_method(self.method)
         if not self.data.root:
             raise WSOLError("config data.root: required (the folder the images are in)")
         if self.data.format == "wsol" and not self.data.metadata:

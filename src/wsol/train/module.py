@@ -8,19 +8,21 @@ MaxBoxAcc / MaxBoxAccV2 (boxes) and PxAP (masks). The test stage does the same f
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import Metric
 
 from wsol.data.metadata import Metadata
 from wsol.errors import WSOLError
 from wsol.files import plain
 from wsol.localize.variants import MapVariant
+from wsol.methods import get_training_method
 from wsol.metrics import BoxAccuracy, PixelAP
 from wsol.models import WSOLClassifier, build_model
 from wsol.train.config import TrainConfig, config_from_dict
@@ -50,13 +52,16 @@ class ClassAccuracy(Metric):
 
 
 def model_from_config(config: TrainConfig, num_classes: int, pretrained: bool = True) -> WSOLClassifier:
-    """Build the classifier a config describes (``pretrained=False`` when weights come from a checkpoint)."""
+    """Build the classifier a config describes, with its training method's network change (``pretrained=False``
+    when weights come from a checkpoint)."""
     m = config.model
     use_pretrained = pretrained and (m.pretrained or m.weights is not None)
-    return build_model(m.name, num_classes=num_classes, pool=m.pool, tap_theta=m.tap_theta,
-                       pretrained=use_pretrained and m.weights is None,
-                       weights=m.weights if use_pretrained else None, large_feature_map=m.large_feature_map,
-                       surgery=m.surgery)
+    model = build_model(m.name, num_classes=num_classes, pool=m.pool, tap_theta=m.tap_theta,
+                        pretrained=use_pretrained and m.weights is None,
+                        weights=m.weights if use_pretrained else None, large_feature_map=m.large_feature_map,
+                        surgery=m.surgery)
+    get_training_method(config.method).setup(model)
+    return model
 
 
 class WSOLModule(L.LightningModule):
@@ -70,7 +75,7 @@ class WSOLModule(L.LightningModule):
         self.model = model_from_config(self.cfg, num_classes, pretrained=build_pretrained)
         if class_names is not None:
             self.model.class_names = list(class_names)
-        self.loss = nn.CrossEntropyLoss()
+        self.method = get_training_method(self.cfg.method)
         self.val_variant = MapVariant.parse(self.cfg.eval.method)
         self.test_variants = [MapVariant.parse(s) for s in (test_methods or [self.cfg.eval.method])]
         self.eval_splits: dict[str, Metadata | None] = {}  # set by run.py: metadata of val/test (not saved)
@@ -96,8 +101,7 @@ class WSOLModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels, _ = batch
-        logits = self.model(images)
-        loss = self.loss(logits, labels)
+        loss, logits = self.method.loss(self.model, images, labels)
         acc = (logits.argmax(1) == labels).float().mean()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
         self.log("train/acc", acc * 100, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
@@ -227,7 +231,7 @@ class WSOLModule(L.LightningModule):
         checkpoint["wsol"] = {
             "model": self.cfg.model.name, "num_classes": int(self.model.num_classes), "pool": self.cfg.model.pool,
             "tap_theta": float(self.cfg.model.tap_theta), "large_feature_map": bool(self.cfg.model.large_feature_map),
-            "surgery": self.cfg.model.surgery,
+            "surgery": self.cfg.model.surgery, "method": plain(dataclasses.asdict(self.cfg.method)),
             "class_names": list(self.model.class_names) if self.model.class_names else None,
             "data_config": plain(self.model.data_config), "config": self.cfg.to_dict(),
         }
