@@ -145,6 +145,21 @@ def test_registry_and_checks() -> None:
             build_model("resnet10t", num_classes=2))
 
 
+def test_method_configs_cover_the_protocol_grid() -> None:
+    root = Path(__file__).resolve().parents[1] / "configs" / "methods"
+    files = sorted(root.glob("*.yaml"))
+    assert len(files) == 3 * 3 * 6
+    for path in files:
+        dataset, _, method = path.stem.rpartition("_")
+        config = load_config(path, [])
+        config.check()
+        assert config.method.name == method and config.trainer.out_dir == f"runs/{path.stem}"
+        assert config.model.name.endswith(".tv_in1k")  # the protocol's torchvision ImageNet weights
+    has = load_config(root / "cub_resnet50_has.yaml", [])
+    assert (has.method.has_grid_size, has.method.has_drop_rate) == (4, 0.5)  # wsolevaluation's defaults
+    assert has.reported["MaxBoxAcc_fcam_table1"] == 78.1
+
+
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["has", "cutmix", "adl"])
