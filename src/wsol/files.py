@@ -9,16 +9,19 @@ import json
 import math
 import os
 import pickle
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from wsol.errors import WSOLError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _file_mode() -> int:
@@ -68,6 +71,12 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def _is_tensor(value: Any) -> bool:
+    """A torch tensor, without importing torch (a CLI that never loads it starts in a fraction of a second)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
 def plain(value: Any) -> Any:
     """Nested data made plain, safe for JSON and for ``torch.load(weights_only=True)``: string keys, lists
     for tuples, arrays and tensors; Python numbers for numpy/torch scalars; None for NaN and infinities;
@@ -76,7 +85,7 @@ def plain(value: Any) -> Any:
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
-    if isinstance(value, (np.ndarray, torch.Tensor)):
+    if isinstance(value, np.ndarray) or _is_tensor(value):
         return plain(value.tolist())
     if isinstance(value, np.generic):
         return plain(value.item())
@@ -113,6 +122,7 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 def read_checkpoint(path: str | Path, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` with one-line errors naming the file (missing, unreadable,
     or pickled code that ``weights_only`` refuses)."""
+    import torch
     path = Path(path)
     if not path.is_file():
         raise WSOLError(f"{path}: {what} file not found")

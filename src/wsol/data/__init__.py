@@ -1,31 +1,26 @@
-"""Data: the WSOL metadata format, robust image decoding, datasets, transforms, and the synthetic benchmark."""
+"""Data: the WSOL metadata format, robust image decoding, datasets, transforms, the dataset preparers and
+the synthetic benchmark. Names are imported on first use, so that ``wsol --help`` does not load torch."""
 
-from wsol.data.datasets import (
-    ClassFolderDataset,
-    WSOLDataset,
-    check_data_root,
-)
-from wsol.data.images import IMAGE_EXTENSIONS, find_image_files, find_images, load_image, read_image
-from wsol.data.metadata import EVAL_SIZE, Metadata
-from wsol.data.synth import SynthConfig, generate
-from wsol.data.transforms import HALF_MEAN_STD, IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from __future__ import annotations
 
-__all__ = [
-    "EVAL_SIZE",
-    "HALF_MEAN_STD",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "IMAGE_EXTENSIONS",
-    "ClassFolderDataset",
-    "Metadata",
-    "SynthConfig",
-    "WSOLDataset",
-    "check_data_root",
-    "eval_transform",
-    "find_image_files",
-    "find_images",
-    "generate",
-    "load_image",
-    "read_image",
-    "train_transform",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ClassFolderDataset": "datasets", "WSOLDataset": "datasets", "check_data_root": "datasets",
+    "IMAGE_EXTENSIONS": "images", "find_image_files": "images", "find_images": "images", "load_image": "images",
+    "read_image": "images",
+    "EVAL_SIZE": "metadata", "Metadata": "metadata", "Record": "metadata", "write_split": "metadata",
+    "SynthConfig": "synth", "generate": "synth",
+    "HALF_MEAN_STD": "transforms", "IMAGENET_MEAN": "transforms", "IMAGENET_STD": "transforms",
+    "eval_transform": "transforms", "train_transform": "transforms",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'wsol.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"wsol.data.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

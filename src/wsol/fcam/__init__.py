@@ -1,22 +1,28 @@
-"""F-CAM: full-resolution activation maps from a decoder trained on top of a frozen WSOL classifier."""
+"""F-CAM: full-resolution activation maps from a decoder trained on top of a frozen WSOL classifier.
 
-from wsol.fcam.checkpoint import fcam_checkpoint, is_fcam_checkpoint, load_fcam, save_fcam
-from wsol.fcam.decoder import DECODER_CHANNELS, FCAMDecoder
-from wsol.fcam.losses import (
-    FCAMLossWeights,
-    LogBarrierSchedule,
-    dense_crf_loss,
-    extended_log_barrier,
-    fcam_loss,
-    partial_cross_entropy,
-    size_loss,
-)
-from wsol.fcam.model import FCAM, infer_feature_channels
-from wsol.fcam.sampling import IGNORE, otsu_thresholds, sample_pseudo_labels, sampling_regions, upsample_cams
+Names are imported on first use, so that the command line (``wsol.fcam.cli``) starts without torch."""
 
-__all__ = [
-    "DECODER_CHANNELS", "FCAM", "IGNORE", "FCAMDecoder", "FCAMLossWeights", "LogBarrierSchedule",
-    "dense_crf_loss", "extended_log_barrier", "fcam_checkpoint", "fcam_loss", "infer_feature_channels",
-    "is_fcam_checkpoint", "load_fcam", "otsu_thresholds", "partial_cross_entropy", "sample_pseudo_labels",
-    "sampling_regions", "save_fcam", "size_loss", "upsample_cams",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "fcam_checkpoint": "checkpoint", "is_fcam_checkpoint": "checkpoint", "load_fcam": "checkpoint",
+    "save_fcam": "checkpoint",
+    "DECODER_CHANNELS": "decoder", "FCAMDecoder": "decoder",
+    "FCAMLossWeights": "losses", "LogBarrierSchedule": "losses", "dense_crf_loss": "losses",
+    "extended_log_barrier": "losses", "fcam_loss": "losses", "partial_cross_entropy": "losses", "size_loss": "losses",
+    "FCAM": "model", "infer_feature_channels": "model",
+    "IGNORE": "sampling", "otsu_thresholds": "sampling", "sample_pseudo_labels": "sampling",
+    "sampling_regions": "sampling", "upsample_cams": "sampling",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'wsol.fcam' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"wsol.fcam.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
