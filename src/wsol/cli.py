@@ -129,7 +129,7 @@ app.add_typer(data_app, name="data")
 
 def _synth_option(name: str, flag: str | None = None):
     """A `wsol data synth` option with the generator's own default and help (one source for both)."""
-    from wsol.data.synth import KNOBS, SynthConfig
+    from wsol.data.synth_config import KNOBS, SynthConfig
 
     return typer.Option(SynthConfig.__dataclass_fields__[name].default, flag or f"--{name.replace('_', '-')}",
                         help=KNOBS[name])
@@ -150,7 +150,7 @@ def data_synth(
     head_cue: str = _synth_option("head_cue"),
     body_colour: str = _synth_option("body_colour"),
     texture: float = _synth_option("texture"),
-    set_: list[str] = typer.Option([], "--set", help="Any other knob as KEY=VALUE (see wsol.data.synth.KNOBS)."),
+    set_: list[str] = typer.Option([], "--set", help="Any other knob as KEY=VALUE (see wsol.data.synth_config.KNOBS)."),
     overwrite: bool = typer.Option(False, help="Replace an existing dataset folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -257,6 +257,50 @@ def train(
             parts = [f"{k} {entry[k]:.2f}" for k in ("MaxBoxAcc", "MaxBoxAccV2", "PxAP") if k in entry]
             console.print(f"{spec}: " + ", ".join(parts), highlight=False)
         console.print(f"metrics: {Path(summary['out_dir']) / 'test_metrics.json'}", highlight=False)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def tune(
+    overrides: list[str] | None = typer.Argument(None, help="Dotted key=value overrides of the recipe, as wsol train."),
+    config: Path = typer.Option(..., "--config", "-c", help="The recipe every trial trains (wsol train or wsol "
+                                                            "fcam train YAML)."),
+    space: Path = typer.Option(..., "--space", "-s", help="Search space YAML: dotted config keys -> distributions "
+                                                          "(configs/spaces/)."),
+    trials: int = typer.Option(..., "--trials", "-n", help="Completed trials wanted in the study, in total (a "
+                                                           "resumed study counts the ones it has)."),
+    timeout: float | None = typer.Option(None, help="Start no new trial after this many seconds."),
+    sampler: str = typer.Option("random", help="random (the protocol's), tpe, or grid (every point once)."),
+    pruner: str = typer.Option("median", help="median (stop trials below the median at the same epoch) or none."),
+    storage: str | None = typer.Option(None, help="Optuna storage URL, default sqlite:///<out>/study.db; give "
+                                                  "processes or machines the same one to share the study."),
+    study: str | None = typer.Option(None, "--study", help="Study name (default: <config>-<space> file stems)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes on this machine, one trial each."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: runs/tune/<study>)."),
+    seed: int | None = typer.Option(None, help="Sampler seed (each process and restart derives its own)."),
+    final: bool = typer.Option(True, "--final/--no-final", help="Train and test the best recipe in <out>/best."),
+    keep_checkpoints: bool = typer.Option(False, help="Keep each trial's checkpoints (deleted by default)."),
+    heartbeat: int = typer.Option(60, help="Seconds between a running trial's heartbeats; a trial silent for twice "
+                                           "that (its process died) is failed and re-queued."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+) -> None:
+    """Search hyperparameters on the val split (Optuna): trials are wsol train runs scored by the val metric."""
+    from wsol.tune.study import TuneSettings, run_study
+
+    summary = run_study(TuneSettings(
+        config=config, space=space, trials=trials, overrides=list(overrides or []), timeout=timeout, sampler=sampler,
+        pruner=pruner, storage=storage, study=study, jobs=jobs, out=out, seed=seed, final=final,
+        keep_checkpoints=keep_checkpoints, heartbeat=heartbeat, quiet=quiet))
+    if not quiet:
+        console.print(f"study {summary['study']}: {summary['completed']} completed, {summary['pruned']} pruned, "
+                      f"{summary['failed']} failed; {summary['trials_csv']}", highlight=False)
+        if "best_value" in summary:
+            params = ", ".join(f"{k}={v}" for k, v in summary["best_params"].items())
+            console.print(f"best: trial {summary['best_trial']}, val {summary['metric']} {summary['best_value']:.2f} "
+                          f"({params}); recipe {summary['best_config']}", highlight=False)
+        for spec, entry in summary.get("final", {}).get("test", {}).items():
+            if spec != "classification":
+                parts = [f"{k} {entry[k]:.2f}" for k in ("MaxBoxAcc", "MaxBoxAccV2", "PxAP") if k in entry]
+                console.print(f"best recipe, test {spec}: " + ", ".join(parts), highlight=False)
 
 
 @app.command()
@@ -407,3 +451,7 @@ def inspect(
 from wsol.fcam.cli import register as _register_fcam  # noqa: E402  (wsol fcam train | localize)
 
 _register_fcam(app)
+
+from wsol.analysis.cli import analyze_app as _analyze_app  # noqa: E402  (wsol analyze erf | features)
+
+app.add_typer(_analyze_app, name="analyze")
