@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from wsol.cams.acol import ACoLMap
 from wsol.cams.base import CAMMethod
 from wsol.cams.cam import CAM
 from wsol.cams.eigencam import EigenCAM
@@ -13,6 +14,7 @@ from wsol.cams.gradcampp import GradCAMpp
 from wsol.cams.layercam import LayerCAM
 from wsol.cams.pc1 import PC1
 from wsol.cams.smoothgradcampp import SmoothGradCAMpp
+from wsol.cams.spg import SPGMap
 from wsol.cams.xgradcam import XGradCAM
 from wsol.errors import WSOLError
 
@@ -26,6 +28,8 @@ METHODS: dict[str, type[CAMMethod]] = {
     "xgradcam": XGradCAM,
     "layercam": LayerCAM,
     "fcam": FCAMMap,
+    "acol": ACoLMap,
+    "spg": SPGMap,
 }
 
 

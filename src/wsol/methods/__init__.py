@@ -9,17 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 from wsol.errors import WSOLError
+from wsol.methods.acol import ACoL
 from wsol.methods.adl import ADL
 from wsol.methods.base import TrainingMethod
 from wsol.methods.cam import CAMTraining
 from wsol.methods.cutmix import CutMix
 from wsol.methods.has import HaS
+from wsol.methods.spg import SPG
 
 METHODS: dict[str, type[TrainingMethod]] = {
     "cam": CAMTraining,
     "has": HaS,
     "cutmix": CutMix,
     "adl": ADL,
+    "acol": ACoL,
+    "spg": SPG,
 }
 
 

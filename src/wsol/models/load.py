@@ -6,6 +6,7 @@ format                     what the file holds                                  
 ``wsol-train``             a ``wsol train`` checkpoint (``"wsol"`` record)              as recorded
 ``fcam``                   an F-CAM checkpoint (classifier + decoder)                   as recorded
 ``wsolevaluation``         clovaai/wsolevaluation ``{'architecture', 'state_dict'}``    224, ImageNet mean / std
+                           (CAM, ACoL, SPG, ADL: the method from the keys)
 ``cam-back-again-convnext`` CAM Back Again's ``Sequential(ConvNeXt[:-2], Net2Head)``    384, mean = std = 0.5
 ``cam-back-again-replknet`` official RepLKNet keys, head ``Linear(C, K)``, K != 1000    384, mean = std = 0.5
 ``replknet`` / ``slak``    the authors' ImageNet checkpoints (merged or not)            the registered default
@@ -39,7 +40,11 @@ from wsol.files import read_checkpoint
 CAM_BACK_AGAIN_DATA = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "input_size": (3, 384, 384),
                        "interpolation": "bilinear", "crop_pct": 1.0}
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "module", "net")
-_WSOLEVAL_METHOD_KEYS = {"classifier_A.": "ACoL", "SPG_B_": "SPG", "SPG_C.": "SPG"}
+_WSOLEVAL_METHOD_KEYS = {"classifier_A.": "acol", "SPG_B_": "spg", "SPG_C.": "spg"}
+#: Where wsolevaluation's weightless ADL modules sit in its Sequentials (``_ADL_POSITION`` of ``wsol/resnet.py``:
+#: after ResNet's layer3 block 0 and layer4 blocks 0 and 2; the ``'A'`` entries of ``wsol/vgg.py``'s ``adl``
+#: configs, the last one at the end): each shifts the later indices by one.
+_ADL_SLOTS = {"resnet50": {"layer3": (1,), "layer4": (1, 4)}, "vgg16": {"features": (17, 24)}}
 _OVERRIDES = ("model", "large_feature_map", "surgery", "pool", "tap_theta")
 
 
@@ -56,6 +61,7 @@ class CheckpointInfo:
     data_config: dict[str, Any] | None = None  # None: the built model's own
     inferred: list[str] = field(default_factory=list)
     head: str = ""
+    method: str = "cam"  # the WSOL training method whose network the file holds (acol, spg, adl...)
 
 
 @dataclass
@@ -237,6 +243,8 @@ def _wsol_train(path: Path, obj: Mapping[str, Any], overrides: dict[str, Any]) -
     dc = _tuple_lists(meta["data_config"]) if isinstance(meta.get("data_config"), Mapping) else None
     info = CheckpointInfo(str(path), "wsol-train", name, k, _class_names(path, meta.get("class_names"), k),
                           build, dc)
+    if isinstance(meta.get("method"), Mapping):
+        info.method = str(meta["method"].get("name", "cam"))
     return _Plan(info, state, adapt=_method_setup(path, meta.get("method")))
 
 
@@ -277,12 +285,13 @@ def _wsolevaluation(path: Path, obj: Mapping[str, Any], overrides: dict[str, Any
         raise WSOLError(f"{path}: wsolevaluation architecture {arch!r} unknown (resnet50, vgg16, inception_v3)")
     _check_override(path, overrides, arch, "wsolevaluation")
     state = unwrap_state_dict(obj["state_dict"], path)
-    for prefix, method in _WSOLEVAL_METHOD_KEYS.items():
-        if any(k.startswith(prefix) for k in state):
-            raise WSOLError(f"{path}: a wsolevaluation {method} checkpoint ({arch}); only its CAM models load here")
-    inferred: list[str] = []
+    method = _wsolevaluation_method(state, arch)
+    inferred: list[str] = [] if method == "cam" else [f"method {method} (from its keys)"]
+    if method == "adl":  # ADL holds no weights: its model is the CAM one, the indices after it shifted
+        state = {_unshift_adl_key(k, arch): v for k, v in state.items()}
+        inferred.append("ADL's drop rate and threshold are not recorded: the defaults (ADL is the identity at test)")
     large = overrides.get("large_feature_map")
-    if arch == "vgg16":
+    if arch == "vgg16" and method in ("cam", "adl"):
         has_pool4 = "features.23.weight" not in state  # the 28 x 28 config drops pool4: conv5_1 moves to 23
         if large is None:
             large = not has_pool4
@@ -295,13 +304,39 @@ def _wsolevaluation(path: Path, obj: Mapping[str, Any], overrides: dict[str, Any
         large = False
         inferred.append("large_feature_map=False (wsolevaluation files do not record it; override it with "
                         "large_feature_map=True / --large-feature-map)")
-    key = "SPG_A4.weight" if arch == "inception_v3" else "fc.weight"
+    if method == "acol":
+        key = "classifier_A.4.weight"
+        inferred.append("acol_threshold=0.7 (wsolevaluation's default; the file does not record the erasing "
+                        "threshold, which ACoL's map uses)")
+    elif method == "spg":
+        key = "SPG_A_4.weight" if arch == "vgg16" else "SPG_A4.weight"
+    else:
+        key = "SPG_A4.weight" if arch == "inception_v3" else "fc.weight"
     k = _shape0(state, key, path)
-    if _has_adl_gap(state, arch):
-        raise WSOLError(f"{path}: a wsolevaluation ADL checkpoint ({arch}); only its CAM models load here")
     build = _build_args({**overrides, "large_feature_map": large}, surgery=True)
-    info = CheckpointInfo(str(path), "wsolevaluation", arch, k, None, build, None, inferred)
-    return _Plan(info, state, remap=lambda m, s: m.remap_external_keys(s))
+    info = CheckpointInfo(str(path), "wsolevaluation", arch, k, None, build, None, inferred, method=method)
+    adapt = None if method == "cam" else _method_setup(path, {"name": method})
+    return _Plan(info, state, remap=lambda m, s: m.remap_external_keys(s), adapt=adapt)
+
+
+def _wsolevaluation_method(state: Mapping[str, Tensor], arch: str) -> str:
+    """``cam``, ``acol``, ``spg`` or ``adl``: ACoL and SPG by their modules' names, ADL by the gaps its weightless
+    modules leave in the Sequentials' indices (an InceptionV3 ADL file has the CAM keys: it loads as CAM, which
+    at test time it is)."""
+    for prefix, method in _WSOLEVAL_METHOD_KEYS.items():
+        if any(k.startswith(prefix) for k in state):
+            return method
+    return "adl" if _has_adl_gap(state, arch) else "cam"
+
+
+def _unshift_adl_key(key: str, arch: str) -> str:
+    """A key of wsolevaluation's ADL model -> that of its CAM model (the ADL slots before the index removed)."""
+    for seq, slots in _ADL_SLOTS.get(arch, {}).items():
+        m = re.match(rf"{seq}\.(\d+)\.(.*)", key)
+        if m:
+            i = int(m.group(1))
+            return f"{seq}.{i - sum(slot < i for slot in slots)}.{m.group(2)}"
+    return key
 
 
 def _shift_vgg_key(key: str) -> str:
@@ -312,7 +347,10 @@ def _shift_vgg_key(key: str) -> str:
 
 
 def _has_adl_gap(state: Mapping[str, Tensor], arch: str) -> bool:
-    """ADL modules hold no weights but take a place in their Sequential: the block indices skip one."""
+    """ADL modules hold no weights but take a place in their Sequential: the block indices skip one (ResNet's
+    layer3), VGG's conv4_1 sits at 18 (after pool3 and an ADL) where the CAM configs have a ReLU."""
+    if arch == "vgg16":
+        return "features.18.weight" in state
     if arch != "resnet50":
         return False
     idx = {int(m.group(1)) for k in state if (m := re.match(r"layer3\.(\d+)\.", k))}
@@ -561,6 +599,7 @@ def describe(model: nn.Module) -> list[str]:
              f"architecture  {info.architecture}" + (f" {info.build}" if info.build else ""),
              f"classes       {info.num_classes}{shown}",
              f"head          {info.head}",
+             *([f"method        {info.method}"] if info.method != "cam" else []),
              f"feature map   {f.shape[1]} x {f.shape[2]} x {f.shape[3]} at {size} x {size}",
              f"preprocessing {size} px {dc.get('interpolation', 'bilinear')}, mean {tuple(dc['mean'])}, "
              f"std {tuple(dc['std'])}"]

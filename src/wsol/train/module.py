@@ -76,8 +76,10 @@ class WSOLModule(L.LightningModule):
         if class_names is not None:
             self.model.class_names = list(class_names)
         self.method = get_training_method(self.cfg.method)
-        self.val_variant = MapVariant.parse(self.cfg.eval.method)
-        self.test_variants = [MapVariant.parse(s) for s in (test_methods or [self.cfg.eval.method])]
+        # the default map is the method's own (ACoL's two-branch maximum, SPG's SPG_A4 map); any other is kept
+        eval_method = self.method.map_method if self.cfg.eval.method == "cam" else self.cfg.eval.method
+        self.val_variant = MapVariant.parse(eval_method)
+        self.test_variants = [MapVariant.parse(s) for s in (test_methods or [eval_method])]
         self.eval_splits: dict[str, Metadata | None] = {}  # set by run.py: metadata of val/test (not saved)
         self.mask_root: str | None = self.cfg.data.mask_root
         self.results: dict[str, dict[str, Any]] = {}
