@@ -178,3 +178,22 @@ def test_train_with_a_method_records_it(method: str, synth: Path, tmp_path: Path
         assert len(model.adl_layers) == 2
     x = torch.randn(2, 3, 64, 64)
     assert torch.isfinite(model(x)).all()
+
+
+@pytest.mark.parametrize("method", ["acol", "spg"])
+def test_acol_spg_on_another_resnet(method: str) -> None:
+    """Beyond the protocol's ResNet50: any timm ResNet with the WSOL surgery (the CPU benchmark's resnet10t),
+    with branch widths read from its layers."""
+    torch.manual_seed(0)
+    model = build_model("resnet10t", num_classes=4, surgery=True)
+    training = get_training_method(MethodConfig(name=method))
+    training.setup(model)
+    x, y = torch.randn(2, 3, 112, 112), torch.tensor([0, 3])
+    loss, logits = training.loss(model.train(), x, y)
+    assert torch.isfinite(loss) and logits.shape == (2, 4)
+    from wsol.cams import compute_cams
+
+    out = compute_cams(model.eval(), x, y, training.map_method)
+    assert out.maps.shape == (2, 7, 7) and torch.isfinite(out.maps).all()
+    with pytest.raises(WSOLError, match=f"method.name={method}"):
+        get_training_method(MethodConfig(name=method)).setup(build_model("resnet10t", num_classes=4))  # no surgery

@@ -41,14 +41,14 @@ def protocol_arch(model: nn.Module, method: str) -> str:
         arch = "vgg16"
     elif type(backbone) is InceptionV3CAM:
         arch = "inception_v3"
-    elif isinstance(backbone, ResNet) and isinstance(backbone.layer1[0], Bottleneck) \
-            and [len(backbone.get_submodule(f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3] \
-            and backbone.layer4[0].conv2.stride == (1, 1):
-        arch = "resnet50"
+    elif isinstance(backbone, ResNet) and not _strided(backbone.layer4[0]):
+        resnet50 = isinstance(backbone.layer1[0], Bottleneck) \
+            and [len(backbone.get_submodule(f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+        arch = "resnet50" if resnet50 else "resnet"  # another timm ResNet with the surgery (e.g. on a CPU)
     if arch is None:
         what = type(backbone).__name__ if backbone is not None else type(model).__name__
         raise WSOLError(f"config method.name={method}: changes the protocol's resnet50 / vgg16 / inception_v3 "
-                        f"(wsolevaluation's networks, built with the WSOL surgery), not model "
+                        f"(wsolevaluation's networks) or another timm ResNet, built with the WSOL surgery, not model "
                         f"{getattr(model, 'name', '') or what!r} ({what})")
     pool = getattr(getattr(getattr(model, "head", None), "pool", None), "kind", "gap")
     if pool != "gap":
@@ -57,10 +57,21 @@ def protocol_arch(model: nn.Module, method: str) -> str:
     return arch
 
 
+def _strided(block: nn.Module) -> bool:
+    """Whether a residual block downsamples (a strided conv or pool anywhere in it)."""
+    return any(getattr(m, "stride", 1) not in (1, (1, 1)) for m in block.modules()
+               if isinstance(m, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d)))
+
+
+def resnet_channels(backbone: nn.Module, layer: str) -> int:
+    """Output channels of a timm ResNet's ``layer`` (2048 for ResNet50's layer4, 512 for ResNet18's)."""
+    return next(int(d["num_chs"]) for d in backbone.feature_info if d["module"] == layer)
+
+
 def is_large(backbone: nn.Module, arch: str) -> bool:
     """Whether a protocol backbone was built with ``large_feature_map`` (stride 8 instead of 16)."""
-    if arch == "resnet50":
-        return backbone.layer3[0].conv2.stride == (1, 1)
+    if arch in ("resnet50", "resnet"):
+        return not _strided(backbone.layer3[0])
     if arch == "vgg16":
         return isinstance(backbone.features[23], nn.Identity)  # pool4, kept as Identity when dropped
     return bool(backbone.large_feature_map)

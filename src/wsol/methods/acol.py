@@ -46,6 +46,7 @@ from wsol.methods._protocol import (
     init_new,
     is_large,
     protocol_arch,
+    resnet_channels,
     resnet_stem,
 )
 from wsol.methods.base import TrainingMethod
@@ -84,7 +85,7 @@ class ResNetAcol(AcolNetwork):
     def __init__(self, base: nn.Module, num_classes: int, large: bool) -> None:
         super().__init__()
         adopt(self, base, (*RESNET_STEM, "layer1", "layer2", "layer3", "layer4"))
-        self._add_branches(2048, num_classes, 8 if large else 16, base)
+        self._add_branches(resnet_channels(base, "layer4"), num_classes, 8 if large else 16, base)
 
     def trunk(self, x: Tensor) -> Tensor:
         return self.layer4(self.layer3(self.layer2(self.layer1(resnet_stem(self, x)))))
@@ -121,10 +122,11 @@ class InceptionAcol(AcolNetwork):
         return self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x))))
 
 
-NETWORKS: dict[str, type[AcolNetwork]] = {"resnet50": ResNetAcol, "vgg16": VggAcol, "inception_v3": InceptionAcol}
+NETWORKS: dict[str, type[AcolNetwork]] = {"resnet50": ResNetAcol, "resnet": ResNetAcol, "vgg16": VggAcol,
+                                          "inception_v3": InceptionAcol}
 #: Trained with the classifier learning rate, as wsolevaluation's ``_FEATURE_PARAM_LAYER_PATTERNS`` (which for
 #: ResNet50 also keeps classifier_A / B at the backbone's; here ``head.fc`` = classifier_A.4 always takes 10x).
-NEW_LAYERS = {"resnet50": ("layer4",), "vgg16": ("classifier_A", "classifier_B"),
+NEW_LAYERS = {"resnet50": ("layer4",), "resnet": ("layer4",), "vgg16": ("classifier_A", "classifier_B"),
               "inception_v3": ("classifier_A", "classifier_B")}
 
 

@@ -58,6 +58,7 @@ from wsol.methods._protocol import (
     is_large,
     normalize_tensor,
     protocol_arch,
+    resnet_channels,
     resnet_stem,
 )
 from wsol.methods.base import TrainingMethod
@@ -98,7 +99,7 @@ class SpgNetwork(nn.Module):
 class ResNetSpg(SpgNetwork):
     """``wsol/resnet.py`` ResNetSpg: layer3 split into ``SPG_A1`` (its first block) and ``SPG_A2``."""
 
-    channels = 2048
+    channels = 2048  # ResNet50's; another ResNet's layer4 width is set per instance
 
     def __init__(self, base: nn.Module, large: bool) -> None:
         super().__init__()
@@ -107,7 +108,9 @@ class ResNetSpg(SpgNetwork):
         self.SPG_A1 = nn.Sequential(blocks[0])
         self.SPG_A2 = nn.Sequential(*blocks[1:])
         adopt(self, base, ("layer4",))
-        self._add_side((1024, 1024), 1024, self.channels, 8 if large else 16, "layer4", base)
+        mid = resnet_channels(base, "layer3")
+        self.channels = resnet_channels(base, "layer4")
+        self._add_side((mid, mid), 1024, self.channels, 8 if large else 16, "layer4", base)
 
     def stages(self, x: Tensor, branches: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:
         x = self.SPG_A1(self.layer2(self.layer1(resnet_stem(self, x))))
@@ -163,10 +166,11 @@ class InceptionSpg(SpgNetwork):
         return self.drop(self.SPG_A3_2b(self.drop(x))), b1, b2
 
 
-NETWORKS: dict[str, type[SpgNetwork]] = {"resnet50": ResNetSpg, "vgg16": VggSpg, "inception_v3": InceptionSpg}
+NETWORKS: dict[str, type[SpgNetwork]] = {"resnet50": ResNetSpg, "resnet": ResNetSpg, "vgg16": VggSpg,
+                                         "inception_v3": InceptionSpg}
 #: Trained with the classifier learning rate, as wsolevaluation's ``_FEATURE_PARAM_LAYER_PATTERNS`` (which for
 #: ResNet50 also keeps SPG_A4 at the backbone's; here ``head.fc`` = SPG_A4 always takes 10x).
-NEW_LAYERS = {"resnet50": ("layer4",),
+NEW_LAYERS = {"resnet50": ("layer4",), "resnet": ("layer4",),
               "vgg16": ("SPG_A_1", "SPG_A_2", "SPG_A_3", "SPG_B_1a", "SPG_B_2a", "SPG_B_shared", "SPG_C"),
               "inception_v3": ("SPG_A3_1b", "SPG_A3_2b", "SPG_B_1a", "SPG_B_2a", "SPG_B_shared", "SPG_C")}
 
