@@ -17,11 +17,13 @@ the val split. F-CAM adds:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from wsol.cams import compute_cams
@@ -172,7 +174,8 @@ class FCAMModule(WSOLModule):
         s = self.fcam_settings
         feats = self.model.encode(images)
         cams = upsample_cams(self.pseudo_cams(images, labels, feats), (images.shape[-2], images.shape[-1]))
-        pseudo = sample_pseudo_labels(cams, s.n_neg, s.num_samples, s.erosion, s.dilation)
+        draws = torch.Generator(device=images.device).manual_seed(self.draw_seed(batch_idx))
+        pseudo = sample_pseudo_labels(cams, s.n_neg, s.num_samples, s.erosion, s.dilation, generator=draws)
         logits = self.model.decode(images, feats)
         t = self.barrier.t(self.current_epoch)
         terms = fcam_loss(logits, pseudo, self.raw_images(images), t, self.loss_weights)
@@ -183,6 +186,13 @@ class FCAMModule(WSOLModule):
         self.log("train/t", t, on_step=False, on_epoch=True, batch_size=n)
         return terms["loss"]
 
+    def draw_seed(self, batch_idx: int) -> int:
+        """Seed of a training step's pseudo-label draws: a function of (run seed, epoch, batch, rank), not of the
+        global RNG (which a resumed run re-seeds), so that a run resumed from a checkpoint, mid-epoch too, draws
+        exactly what the uninterrupted run drew."""
+        key = ((int(self.cfg.trainer.seed) * 100_003 + int(self.current_epoch)) * 1_000_003 + int(batch_idx)) * 4099
+        return (key + int(self.global_rank)) % (2**63 - 1)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["wsol"]["kind"] = "fcam"
@@ -192,7 +202,7 @@ class FCAMModule(WSOLModule):
 
 
 def train_fcam(config: FCAMConfig, *, resume: bool | str | Path = False, quiet: bool = False,
-               test_methods: list[str] | None = None) -> dict[str, Any]:
+               test_methods: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Fit the decoder, select on val (``eval.select``, by the ``fcam`` maps), test CAM and F-CAM on the
     test split, write ``test_metrics.json`` and ``fcam.pt``; return the summary (as ``wsol train``)."""
 
@@ -205,7 +215,8 @@ def train_fcam(config: FCAMConfig, *, resume: bool | str | Path = False, quiet: 
     def finalize(summary: dict[str, Any], tested: str) -> None:
         summary["fcam_checkpoint"] = str(export_fcam(tested, Path(config.trainer.out_dir) / "fcam.pt"))
 
-    return train(config, resume=resume, quiet=quiet, make_module=make_module, finalize=finalize)
+    return train(config, resume=resume, quiet=quiet, make_module=make_module, finalize=finalize,
+                 callbacks=callbacks)
 
 
 def export_fcam(lightning_checkpoint: str | Path, path: str | Path) -> Path:
