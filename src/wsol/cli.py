@@ -37,6 +37,13 @@ def run() -> None:
             raise
         console.print(f"[bold red]error:[/] {one_line(error)}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except (MemoryError, RuntimeError) as error:  # out of memory anywhere, CPU or CUDA: the setting to change
+        from wsol.memory import is_out_of_memory, out_of_memory_message
+
+        if os.environ.get("WSOL_DEBUG") or not is_out_of_memory(error):
+            raise
+        console.print(f"[bold red]error:[/] {out_of_memory_message(error)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 def _version(value: bool) -> None:
@@ -294,7 +301,8 @@ def tune(
         console.print(f"study {summary['study']}: {summary['completed']} completed, {summary['pruned']} pruned, "
                       f"{summary['failed']} failed; {summary['trials_csv']}", highlight=False)
         if "best_value" in summary:
-            params = ", ".join(f"{k}={v}" for k, v in summary["best_params"].items())
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in summary["best_params"].items())
             console.print(f"best: trial {summary['best_trial']}, val {summary['metric']} {summary['best_value']:.2f} "
                           f"({params}); recipe {summary['best_config']}", highlight=False)
         for spec, entry in summary.get("final", {}).get("test", {}).items():
@@ -334,12 +342,22 @@ def localize(
     evaluate_: bool = typer.Option(False, "--evaluate", help="With --metadata: evaluate in the same pass."),
     mask_root: Path | None = typer.Option(None, help="With --metadata --evaluate: mask PNG root (PxAP)."),
     cam_curve_interval: float = typer.Option(0.001, help="With --evaluate: threshold step."),
+    shard: str | None = typer.Option(None, "--shard", help="K/N: only shard K (0-based) of N of the inputs, split by "
+                                     "a hash of their names (the same on any machine), into --out; then `wsol "
+                                     "localize merge OUT_0 ... OUT_N-1 --out OUT`."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary."),
 ) -> None:
-    """Heatmaps, boxes and an HTML report for any images (offline, CPU by default); or score maps of a split."""
+    """Heatmaps, boxes and an HTML report for any images (offline, CPU by default); or score maps of a split.
+    `wsol localize merge SHARD_OUT... --out OUT` joins the outputs of --shard runs."""
     import json
 
     from wsol.files import plain
+    from wsol.localize.shards import parse_shard
+
+    if paths and str(paths[0]) == "merge":
+        _merge_shards(paths[1:], out, quiet)
+        return
+    shard_k = parse_shard(shard)
     from wsol.localize.run import LocalizeOptions, load_model, localize_images, localize_split, preprocessing
 
     if as_published:
@@ -374,7 +392,8 @@ def localize(
                                  evaluate=evaluate_, mask_root=mask_root, batch_size=batch_size, device=device,
                                  workers=workers, image_size=image_size or preprocessing(net)["size"],
                                  cam_curve_interval=cam_curve_interval, crf=crf,
-                                 checkpoint=str(checkpoint) if checkpoint else None, quiet=quiet)
+                                 checkpoint=str(checkpoint) if checkpoint else None, quiet=quiet,
+                                 shard=shard_k, shard_dir=out if shard_k is not None else None)
         if summary.metrics is not None:
             text = json.dumps(plain(summary.metrics), indent=1)
             typer.echo(text)
@@ -392,7 +411,7 @@ def localize(
                           + (f", {len(summary.skipped)} unreadable" if summary.skipped else ""), highlight=False)
             for path, reason in summary.skipped:
                 console.print(f"  skipped {path}: {reason}", highlight=False, soft_wrap=True)
-        if summary.total == 0:
+        if summary.total == 0 and shard_k is None:
             raise typer.Exit(1)
         return
     stray = [flag for flag, given in split_only.items() if given]
@@ -408,19 +427,39 @@ def localize(
     options.check()  # wrong options fail before the model loads
     net = load_model(model, checkpoint, large_feature_map=large_feature_map)
     summary = localize_images(paths, out, net, options, quiet=quiet,
-                              checkpoint=str(checkpoint) if checkpoint else None)
+                              checkpoint=str(checkpoint) if checkpoint else None, shard=shard_k)
     if not quiet:
+        for note in summary.notes:
+            console.print(f"note: {note}", highlight=False, soft_wrap=True)
         console.print(f"{summary.processed} images in {summary.seconds:.1f}s ({summary.images_per_second:.1f} "
                       f"images/s), {summary.resumed} already done; report: {out / 'index.html'}", highlight=False)
         for path, reason in summary.skipped:
             console.print(f"  skipped {path}: {reason}", highlight=False, soft_wrap=True)
         for path in summary.ignored:
             console.print(f"  ignored {path}: not an image file", highlight=False, soft_wrap=True)
-    if summary.total == 0:
+    if summary.total == 0 and (shard_k is None or summary.skipped):
         console.print("[bold red]error:[/] no image could be processed"  # shown with --quiet too
                       + (f" ({len(summary.skipped)} unreadable, {len(summary.ignored)} not images)" if quiet else ""),
                       highlight=False)
         raise typer.Exit(1)
+
+
+def _merge_shards(outs: list[Path], out: Path | None, quiet: bool) -> None:
+    """`wsol localize merge OUT_0 ... OUT_N-1 --out OUT`."""
+    import json
+
+    from wsol.files import plain
+    from wsol.localize.shards import merge
+
+    if out is None:
+        raise WSOLError("merge needs --out DIR (a new folder for the joined results)")
+    summary = merge(outs, out)
+    if "metrics" in summary:
+        typer.echo(json.dumps(plain(summary["metrics"]), indent=1))
+    if not quiet:
+        what = (f"{summary['images']} images" if summary["mode"] == "images"
+                else f"{summary['images']} images, {summary['scoremaps']} score maps")
+        console.print(f"merged {len(outs)} shards into {out}: {what}", highlight=False)
 
 
 def _published(method: str) -> str:

@@ -1,23 +1,25 @@
-"""From a raw map to score maps, thresholds, boxes and masks (explicit, named steps)."""
+"""From a raw map to score maps, thresholds, boxes and masks (explicit, named steps). Names are imported
+on first use (the CRF needs torch; boxes and the score-map checks do not)."""
 
-from wsol.localize.boxes import (
-    box_iou,
-    boxes_from_map,
-    boxes_from_maps,
-    contour_boxes,
-    mask_from_map,
-    masks_from_maps,
-    threshold_value,
-    threshold_values,
-    to_uint8,
-    trace_boxes,
-)
-from wsol.localize.crf import crf_refine
-from wsol.localize.maps import check_score_map, minmax_normalize, resize_map, resize_maps, to_score_maps
+from __future__ import annotations
 
-__all__ = [
-    "box_iou", "boxes_from_map", "boxes_from_maps", "check_score_map", "contour_boxes", "crf_refine",
-    "mask_from_map", "masks_from_maps", "minmax_normalize", "resize_map", "resize_maps", "threshold_value",
-    "threshold_values",
-    "to_score_maps", "to_uint8", "trace_boxes",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    **{name: "boxes" for name in ("box_iou", "boxes_from_map", "boxes_from_maps", "contour_boxes", "mask_from_map",
+                                  "masks_from_maps", "threshold_value", "threshold_values", "to_uint8",
+                                  "trace_boxes")},
+    "crf_refine": "crf",
+    **{name: "maps" for name in ("check_score_map", "minmax_normalize", "resize_map", "resize_maps",
+                                 "to_score_maps")},
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'wsol.localize' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"wsol.localize.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

@@ -6,13 +6,23 @@ These follow the WSOL reference (clovaai/wsolevaluation) exactly: bicubic resizi
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING, Union
+
 import cv2
 import numpy as np
-import torch
 
 from wsol.errors import WSOLError
 
-ArrayLike = np.ndarray | torch.Tensor
+if TYPE_CHECKING:  # torch is imported only by callers that pass tensors (wsol evaluate never loads it)
+    import torch
+
+ArrayLike = Union[np.ndarray, "torch.Tensor"]
+
+
+def _is_tensor(value: object) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def minmax_normalize(maps: ArrayLike) -> ArrayLike:
@@ -21,7 +31,9 @@ def minmax_normalize(maps: ArrayLike) -> ArrayLike:
     Accepts one map (H, W) or a batch (..., H, W), as a numpy array or a tensor (kept on its device).
     Same arithmetic as the reference's ``normalize_scoremap``: subtract the min, then divide by the new max.
     """
-    if isinstance(maps, torch.Tensor):
+    if _is_tensor(maps):
+        import torch
+
         flat = maps.flatten(-2)
         shifted = flat - flat.amin(-1, keepdim=True)
         peak = shifted.amax(-1, keepdim=True)
@@ -45,7 +57,7 @@ def resize_map(score_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def resize_maps(maps: ArrayLike, size: tuple[int, int]) -> np.ndarray:
     """Resize a batch (B, h, w) to (B, height, width) with :func:`resize_map`; returns float32 numpy."""
-    if isinstance(maps, torch.Tensor):
+    if _is_tensor(maps):
         maps = maps.detach().float().cpu().numpy()
     return np.stack([resize_map(m, size) for m in maps]) if len(maps) else np.zeros((0, size[1], size[0]), np.float32)
 

@@ -503,15 +503,32 @@ def claim_folder(record: Path, config: dict[str, Any], has_results: bool, option
 
 def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.Module,
                     options: LocalizeOptions | None = None, *, quiet: bool = False,
-                    checkpoint: str | None = None, log: Callable[[str], None] | None = None) -> Summary:
+                    checkpoint: str | None = None, log: Callable[[str], None] | None = None,
+                    shard: tuple[int, int] | None = None) -> Summary:
     """Localize every image under ``paths`` into ``out_dir`` (see the module docstring); resumes a previous
-    run with the same options. Returns a :class:`Summary`."""
+    run with the same options. ``shard = (K, N)`` takes only the images of shard K of N
+    (:mod:`wsol.localize.shards`). The folder is owned by this process while it runs (:mod:`wsol.locks`).
+    Returns a :class:`Summary`."""
+    from wsol.locks import FolderLock
+
     options = options or LocalizeOptions()
     options.check()
+    with FolderLock(out_dir, "--out"):
+        return _localize_images(paths, out_dir, model, options, quiet=quiet, log=log, checkpoint=checkpoint,
+                                shard=shard)
+
+
+def _localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.Module, options: LocalizeOptions,
+                     *, quiet: bool, checkpoint: str | None, log: Callable[[str], None] | None,
+                     shard: tuple[int, int] | None) -> Summary:
+    from wsol.localize.shards import select_found, write_shard_record
+
     device = resolve_device(options.device)
     names = class_names_of(model)
     target = resolve_target(options.target, names)
     found = find_image_files(paths)
+    everything = len(found.files) + len(found.ignored)
+    shard_order = select_found(found, shard)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise WSOLError(f"--out {out}: exists and is not a folder")
@@ -519,6 +536,10 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
     prep = preprocessing(model)
     size = options.image_size or prep["size"]
     options.image_size = size
+    from wsol.memory import fit_batch_size
+
+    memory_notes: list[str] = []  # a batch that does not fit is shrunk (or the size refused) before it runs
+    options.batch_size = fit_batch_size(model, size, options.batch_size, device, memory_notes)
     results_path = out / "results.jsonl"
     has_results = False
     if results_path.is_file():
@@ -526,8 +547,12 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
             has_results = any(line.strip() for line in lines)
     config = _run_config(options, model, checkpoint)
     claim_folder(out / "run.json", config, has_results, "--out")
+    if shard is not None:
+        if not everything:
+            raise WSOLError(f"no image found under {', '.join(map(str, paths))}")
+        write_shard_record(out, shard, "images", shard_order)
     results = ResultsLog(results_path)
-    summary = Summary(out_dir=out, ignored=[str(p) for p in found.ignored])
+    summary = Summary(out_dir=out, ignored=[str(p) for p in found.ignored], notes=memory_notes)
     # done = the same key, or the same file under another key (the list of PATHs changed between runs)
     done_files = {os.path.realpath(r["path"]) for r in results.records if isinstance(r.get("path"), str)}
     todo = [i for i, k in enumerate(found.keys)
@@ -574,7 +599,13 @@ def localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn.
             rec["overlay"] = overlay_rel
             if options.save_maps:
                 map_rel = f"maps/{key}.npy"
-                full = minmax_normalize(resize_map(raw, (width, height))).astype(np.float32)
+                if options.crf:  # the refined map the boxes were drawn from, brought to the original size
+                    full = score.astype(np.float32)
+                    if (dw, dh) != (width, height):  # bilinear: a probability stays in [0, 1]
+                        full = F.interpolate(torch.from_numpy(full)[None, None], size=(height, width),
+                                             mode="bilinear", align_corners=False)[0, 0].numpy()
+                else:
+                    full = minmax_normalize(resize_map(raw, (width, height))).astype(np.float32)
                 save_npy(out / map_rel, full)
                 rec["map"] = map_rel
             records.append(rec)
@@ -627,13 +658,43 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
                    mask_root: str | Path | None = None, batch_size: int = 32, device: str = "auto",
                    workers: int | None = None, image_size: int = 224, cam_curve_interval: float = 0.001,
                    iou_thresholds: Sequence[int] = (30, 50, 70), crf: bool = False, checkpoint: str | None = None,
-                   quiet: bool = False) -> Summary:
+                   quiet: bool = False, shard: tuple[int, int] | None = None,
+                   shard_dir: str | Path | None = None) -> Summary:
     """GT-known score maps (224 x 224, bicubic + min-max) of every image of a WSOL split, written as
     ``<scoremap_dir>/<image_id>.npy`` (existing ones are kept: resume; ``scoremaps.json`` records the model,
     checkpoint, method and settings, and a folder holding maps of other settings is refused) and/or
     evaluated in the same pass.
-    With ``crf``, each map is first refined by a dense CRF against the image at 224 x 224 (Bae et al.)."""
+    With ``crf``, each map is first refined by a dense CRF against the image at 224 x 224 (Bae et al.).
+    ``shard = (K, N)`` takes only the images of shard K of N into ``shard_dir`` (its maps in
+    ``shard_dir/scoremaps`` unless ``scoremap_dir`` is given, and with ``evaluate`` the metrics' summed states,
+    which ``wsol localize merge`` adds up: :mod:`wsol.localize.shards`). The folders written are owned by this
+    process while it runs (:mod:`wsol.locks`)."""
+    from contextlib import ExitStack
+
+    from wsol.locks import FolderLock
+
+    if shard is not None:
+        if shard_dir is None:
+            raise WSOLError("--shard with --metadata needs --out DIR (the shard's folder: maps, metric states)")
+        scoremap_dir = Path(shard_dir) / "scoremaps" if scoremap_dir is None else scoremap_dir
+    with ExitStack() as locks:
+        for folder, option in ((shard_dir, "--out"), (scoremap_dir, "--scoremaps")):
+            if folder is not None and (option == "--out" or Path(folder).resolve() != Path(shard_dir or "").resolve()):
+                locks.enter_context(FolderLock(folder, option))
+        return _localize_split(split_dir, data_root, model, method=method, scoremap_dir=scoremap_dir,
+                               evaluate=evaluate, mask_root=mask_root, batch_size=batch_size, device=device,
+                               workers=workers, image_size=image_size, cam_curve_interval=cam_curve_interval,
+                               iou_thresholds=iou_thresholds, crf=crf, checkpoint=checkpoint, quiet=quiet,
+                               shard=shard, shard_dir=shard_dir)
+
+
+def _localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Module, *, method: str,
+                    scoremap_dir: str | Path | None, evaluate: bool, mask_root: str | Path | None, batch_size: int,
+                    device: str, workers: int | None, image_size: int, cam_curve_interval: float,
+                    iou_thresholds: Sequence[int], crf: bool, checkpoint: str | None, quiet: bool,
+                    shard: tuple[int, int] | None, shard_dir: str | Path | None) -> Summary:
     from wsol.data.metadata import Metadata
+    from wsol.localize.shards import STATE_FILE, in_shard, save_states, write_shard_record
     from wsol.metrics import BoxAccuracy, PixelAP
     from wsol.metrics.box_accuracy import threshold_list
 
@@ -654,10 +715,14 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
     use_masks = evaluate and meta.has_masks and mask_root is not None
     if evaluate and not meta.has_boxes and not use_masks:
         raise WSOLError(f"{meta.split_dir}: has no boxes; give --mask-root to evaluate its masks")
-    notes = []
+    notes: list[str] = []
+    from wsol.memory import fit_batch_size
+
+    batch_size = fit_batch_size(model, image_size, batch_size, dev, notes)
     if evaluate and meta.has_masks and not use_masks:
         notes.append(f"{meta.split_dir} has masks: give --mask-root to evaluate PxAP too")
-    ids = list(meta.image_ids)
+    ids = [meta.image_ids[i] for i in in_shard(meta.image_ids, shard)]
+    shard_ids = list(ids)
     if scoremap_dir is not None:
         maps_dir = Path(scoremap_dir)
         if maps_dir.exists() and not maps_dir.is_dir():
@@ -668,7 +733,7 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
         claim_folder(maps_dir / SCOREMAPS_RECORD, config, has_maps, "--scoremaps")
         if not evaluate:
             ids = [i for i in ids if not (maps_dir / f"{i}.npy").is_file()]
-    summary = Summary(resumed=len(meta.image_ids) - len(ids), notes=notes)
+    summary = Summary(resumed=len(shard_ids) - len(ids), notes=notes)
     # the reference's eval pipeline, bit for bit: full decode, PIL bilinear to (S, S), ToTensor, Normalize
     dataset = ImageSource([root / i for i in ids], image_size, "bilinear", display_size=0, exact=True)
     labels = torch.tensor([meta.labels[i] for i in ids], dtype=torch.long)
@@ -724,6 +789,16 @@ def localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modul
         if pixel_metric is not None:
             metrics["masks"] = pixel_metric.compute()
         summary.metrics = metrics
+    if shard is not None and shard_dir is not None:
+        states = {name: metric.state_arrays() for name, metric in (("boxes", box_metric), ("masks", pixel_metric))
+                  if metric is not None}
+        if evaluate:
+            save_states(Path(shard_dir) / STATE_FILE, states)
+        position = {image_id: i for i, image_id in enumerate(meta.image_ids)}
+        write_shard_record(Path(shard_dir), shard, "split", {i: position[i] for i in shard_ids},
+                           split=str(meta.split_dir), method=method, crf=crf, model=getattr(model, "name", ""),
+                           evaluate=evaluate, cam_curve_interval=cam_curve_interval,
+                           iou_thresholds=list(iou_thresholds), num_images=len(shard_ids))
     return summary
 
 

@@ -2,7 +2,8 @@
 
 The state is two histograms of score-map values, one over GT-foreground pixels and one over background
 pixels, on the bin edges ``append(arange(0, 1, interval), [1, 2, 3])``; ignored pixels count nowhere.
-Memory is O(bins), and histograms add up across batches, processes and DDP ranks.
+Memory is O(bins), and histograms add up across batches, processes and DDP ranks. The arithmetic lives
+in :mod:`wsol.metrics.counts` (shared with the torch-free :class:`~wsol.metrics.counts.PixelCounts`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from wsol.errors import WSOLError
-from wsol.localize.maps import check_score_map
-from wsol.metrics._kernels import pixel_histograms
-from wsol.metrics.box_accuracy import threshold_list
+from wsol.metrics.counts import (
+    PIXEL_STATES,
+    empty_pixel_state,
+    pixel_counts,
+    pixel_curves,
+    pixel_edges,
+    pixel_result,
+    threshold_list,
+)
 
 
 class PixelAP(Metric):
@@ -29,59 +35,34 @@ class PixelAP(Metric):
         super().__init__(**kwargs)
         self.cam_curve_interval = cam_curve_interval
         self.thresholds = threshold_list(cam_curve_interval)
-        self.edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
-        num_bins = len(self.edges) - 1
-        self.add_state("fg_hist", default=torch.zeros(num_bins, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("bg_hist", default=torch.zeros(num_bins, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("num_images", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.edges = pixel_edges(self.thresholds)
+        for name, default in empty_pixel_state(len(self.edges) - 1).items():
+            self.add_state(name, default=torch.from_numpy(default), dist_reduce_fx="sum")
 
     def update(self, score_maps: torch.Tensor | np.ndarray, gt_masks: torch.Tensor | np.ndarray,
                ignore_masks: torch.Tensor | np.ndarray | None = None, names: Sequence[str] | None = None) -> None:
-        maps, masks, ignore = (np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x)
-                               for x in (score_maps, gt_masks, np.zeros((0, 0, 0), bool) if ignore_masks is None
-                                         else ignore_masks))
-        if maps.ndim != 3 or masks.shape != maps.shape or (ignore.size and ignore.shape != maps.shape):
-            raise WSOLError(f"score maps {maps.shape}, GT masks {masks.shape} and ignore masks {ignore.shape} "
-                            "must all be (B, H, W)")
-        if maps.dtype.kind != "f":
-            raise WSOLError(f"score maps must be float, got {maps.dtype}")
-        if maps.dtype == np.float16:  # a half-precision model's maps: the histogram kernel takes 32/64 bits
-            maps = maps.astype(np.float32)
-        counts, problems = pixel_histograms(maps, masks.astype(bool, copy=False), ignore.astype(bool, copy=False),
-                                            self.edges, self.cam_curve_interval)
-        for i in np.flatnonzero(problems):
-            check_score_map(maps[i], names[i] if names is not None else f"score map {i} of the batch")
-        self.fg_hist += torch.as_tensor(counts[0], device=self.device)
-        self.bg_hist += torch.as_tensor(counts[1], device=self.device)
-        self.num_images += len(maps)
+        maps, masks = (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+                       for x in (score_maps, gt_masks))
+        if isinstance(ignore_masks, torch.Tensor):
+            ignore_masks = ignore_masks.detach().cpu().numpy()
+        counts = pixel_counts(maps, masks, ignore_masks, self.edges, self.cam_curve_interval, names)
+        self.add_arrays({"fg_hist": counts[0], "bg_hist": counts[1], "num_images": np.int64(len(maps))})
+
+    def add_arrays(self, state: dict[str, np.ndarray]) -> None:
+        """Add counters given as arrays (a batch's, or another process's :meth:`state_arrays`)."""
+        for name, value in state.items():
+            current = getattr(self, name)
+            setattr(self, name, current + torch.as_tensor(np.asarray(value), dtype=current.dtype,
+                                                          device=current.device))
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The counters as int64 arrays (:data:`wsol.metrics.counts.PIXEL_STATES`)."""
+        return {name: getattr(self, name).cpu().numpy().astype(np.int64) for name in PIXEL_STATES}
 
     def curves(self) -> dict[str, np.ndarray]:
         """Precision, recall and IoU at each bin edge from the top, as the reference arranges them."""
-        fg = self.fg_hist.cpu().numpy().astype(np.float64)
-        bg = self.bg_hist.cpu().numpy().astype(np.float64)
-        tp = fg[::-1].cumsum()
-        fp = bg[::-1].cumsum()
-        fn = fg.sum() - tp
-        with np.errstate(invalid="ignore", divide="ignore"):
-            precision = tp / (tp + fp)
-            recall = tp / (tp + fn)
-            iou = tp / (tp + fp + fn)
-        # edge of each entry: entry j counts the scores >= edges[-2 - j]
-        return {"precision": precision, "recall": recall, "iou": iou, "tp": tp, "fp": fp,
-                "threshold": self.edges[-2::-1]}
+        return pixel_curves(self.state_arrays(), self.edges)
 
     def compute(self) -> dict[str, float | int]:
         """PxAP (%, the reference's right-Riemann sum) and the peak mask IoU (%) with its threshold."""
-        curves = self.curves()
-        tp, fp = curves["tp"], curves["fp"]
-        if self.fg_hist.sum() == 0:
-            raise WSOLError("no GT foreground pixel in the evaluated masks: PxAP is undefined")
-        if not (tp + fp > 0).any():
-            raise WSOLError("no scored pixel in the evaluated maps: PxAP is undefined")
-        counted = (tp + fp != 0)[1:]
-        pxap = float((curves["precision"][1:] * np.diff(curves["recall"]))[counted].sum() * 100)
-        iou = np.nan_to_num(curves["iou"], nan=0.0)
-        best = int(iou.argmax())
-        return {"PxAP": pxap, "peak_IoU": float(iou[best] * 100),
-                "peak_IoU_threshold": float(curves["threshold"][best]),
-                "num_images": int(self.num_images), "cam_curve_interval": self.cam_curve_interval}
+        return pixel_result(self.state_arrays(), self.edges, self.cam_curve_interval)

@@ -1,4 +1,7 @@
-"""Evaluate a folder of score maps saved under the reference naming: ``<root>/<image_id>.npy``."""
+"""Evaluate a folder of score maps saved under the reference naming: ``<root>/<image_id>.npy``.
+
+Torch-free (:class:`~wsol.metrics.counts.BoxCounts`, :class:`~wsol.metrics.counts.PixelCounts`): ``wsol
+evaluate`` starts in a fraction of the time torch takes to import."""
 
 from __future__ import annotations
 
@@ -9,8 +12,7 @@ import numpy as np
 
 from wsol.data.metadata import EVAL_SIZE, Metadata
 from wsol.errors import WSOLError
-from wsol.metrics.box_accuracy import BoxAccuracy
-from wsol.metrics.pixel_ap import PixelAP
+from wsol.metrics.counts import BoxCounts, PixelCounts
 
 
 def load_score_map(path: Path, size: int = EVAL_SIZE) -> np.ndarray:
@@ -49,8 +51,8 @@ def load_score_map(path: Path, size: int = EVAL_SIZE) -> np.ndarray:
 
 def evaluate_scoremaps(metadata: Metadata, scoremap_root: str | Path, mask_root: str | Path | None = None,
                        cam_curve_interval: float = 0.001, iou_thresholds=(30, 50, 70), batch_size: int = 64,
-                       on_batch: Callable[[int], None] | None = None) -> tuple[dict, BoxAccuracy | None,
-                                                                               PixelAP | None]:
+                       on_batch: Callable[[int], None] | None = None) -> tuple[dict, BoxCounts | None,
+                                                                               PixelCounts | None]:
     """Box metrics when the split has boxes, PxAP when it has masks and ``mask_root`` is given.
 
     Returns ``(result, box_metric, mask_metric)``; ``on_batch(n)`` is called after each batch (progress).
@@ -58,8 +60,8 @@ def evaluate_scoremaps(metadata: Metadata, scoremap_root: str | Path, mask_root:
     root = Path(scoremap_root)
     if not root.is_dir():
         raise WSOLError(f"{root}: score map folder not found")
-    boxes = BoxAccuracy(cam_curve_interval, iou_thresholds) if metadata.has_boxes else None
-    masks = PixelAP(cam_curve_interval) if metadata.has_masks and mask_root is not None else None
+    boxes = BoxCounts(cam_curve_interval, iou_thresholds) if metadata.has_boxes else None
+    masks = PixelCounts(cam_curve_interval) if metadata.has_masks and mask_root is not None else None
     if boxes is None and masks is None:
         hint = " (pass --mask-root for its masks)" if metadata.has_masks else ""
         raise WSOLError(f"{metadata.split_dir}: no localization.txt with boxes or masks to evaluate against{hint}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -11,8 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from wsol.errors import WSOLError  # noqa: E402
 from wsol.files import replacing  # noqa: E402
-from wsol.metrics.box_accuracy import BoxAccuracy  # noqa: E402
-from wsol.metrics.pixel_ap import PixelAP  # noqa: E402
+
+if TYPE_CHECKING:
+    from wsol.metrics import BoxAccuracy, BoxCounts, PixelAP, PixelCounts
 
 
 def plot_format(path: str | Path) -> str:
@@ -26,14 +28,15 @@ def plot_format(path: str | Path) -> str:
     return fmt
 
 
-def plot_curves(path: str | Path, boxes: BoxAccuracy | None = None, masks: PixelAP | None = None,
+def plot_curves(path: str | Path, boxes: BoxAccuracy | BoxCounts | None = None,
+                masks: PixelAP | PixelCounts | None = None,
                 title: str = "") -> None:
     """One figure with a panel per available metric, in the format of the path's suffix; written atomically."""
     fmt = plot_format(path)
     panels = [p for p in (boxes, masks) if p is not None]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, metric in zip(axes[0], panels):
-        if isinstance(metric, BoxAccuracy):
+        if hasattr(metric, "iou_thresholds"):  # BoxAccuracy or BoxCounts
             curves = metric.curves()
             for row, iou in enumerate(metric.iou_thresholds):
                 ax.plot(metric.thresholds, curves["all"][row], label=f"all contours, IoU {iou}")
@@ -46,7 +49,7 @@ def plot_curves(path: str | Path, boxes: BoxAccuracy | None = None, masks: Pixel
             ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
                    title=f"pixel precision-recall, PxAP {metric.compute()['PxAP']:.2f}")
         ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8) if isinstance(metric, BoxAccuracy) else None
+        ax.legend(loc="best", fontsize=8) if hasattr(metric, "iou_thresholds") else None
     if title:
         fig.suptitle(title)
     fig.tight_layout()

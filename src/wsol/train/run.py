@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import signal
 import time
 import warnings
@@ -33,6 +34,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressB
 
 from wsol.errors import WSOLError
 from wsol.files import plain, read_checkpoint, write_json
+from wsol.locks import FolderLock
 from wsol.models import WSOLClassifier
 from wsol.train.config import TrainConfig, parse_devices
 from wsol.train.data import WSOLDataModule
@@ -250,7 +252,31 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, callbacks: 
     _attach(module, datamodule)
     datamodule.set_normalization(module.model.data_config["mean"], module.model.data_config["std"])
     module.model.data_config.update(datamodule.eval_preprocessing())  # saved in the checkpoints
-    out.mkdir(parents=True, exist_ok=True)
+    lock = _own_run_folder(out)
+    if not resume and last.exists():  # a run that finished between the check above and the lock
+        lock.release()
+        raise WSOLError(f"{out}: already holds a run ({last}); pass --resume to continue it, "
+                        "or set trainer.out_dir to a new folder")
+    try:
+        return _fit_and_test(config, out, last, ckpt_path, module, datamodule, monitor, callbacks, quiet, finalize)
+    finally:
+        lock.release()
+
+
+def _own_run_folder(out: Path) -> FolderLock:
+    """The run folder, owned by this training (:mod:`wsol.locks`): by the launching process only, as the DDP
+    ranks that Lightning or a scheduler starts (RANK, LOCAL_RANK, SLURM_PROCID > 0) share rank 0's folder."""
+    lock = FolderLock(out, "trainer.out_dir")
+    ranks = [os.environ.get(name) for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID")]
+    if any(rank not in (None, "", "0") for rank in ranks):
+        out.mkdir(parents=True, exist_ok=True)
+        return lock  # released without having been acquired: a no-op
+    return lock.acquire()
+
+
+def _fit_and_test(config: TrainConfig, out: Path, last: Path, ckpt_path: str | None, module: WSOLModule,
+                  datamodule: WSOLDataModule, monitor: str | None, callbacks: Sequence[Callback], quiet: bool,
+                  finalize: Callable[[dict[str, Any], str], None] | None) -> dict[str, Any]:
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
     interrupt = GracefulInterrupt(last)
     # the interrupt callback goes last, so every other batch-end hook has run when it saves and stops
