@@ -197,3 +197,30 @@ def test_acol_spg_on_another_resnet(method: str) -> None:
     assert out.maps.shape == (2, 7, 7) and torch.isfinite(out.maps).all()
     with pytest.raises(WSOLError, match=f"method.name={method}"):
         get_training_method(MethodConfig(name=method)).setup(build_model("resnet10t", num_classes=4))  # no surgery
+
+
+def test_localize_picks_the_checkpoints_method_map(tmp_path: Path) -> None:
+    """A checkpoint of an ACoL run is localized with ACoL's two-branch map unless --method says otherwise."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from wsol.cli import app
+
+    torch.manual_seed(0)
+    model = build_model("resnet10t", num_classes=3, surgery=True)
+    get_training_method(MethodConfig(name="acol")).setup(model)
+    record = {"model": "resnet10t", "num_classes": 3, "surgery": True, "method": {"name": "acol"},
+              "data_config": {"mean": [0.5] * 3, "std": [0.5] * 3, "input_size": [3, 64, 64]}}
+    torch.save({"wsol": record, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+               tmp_path / "acol.ckpt")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    runner = CliRunner()
+    for extra, expected in (([], "acol"), (["--method", "cam"], "cam")):
+        out = tmp_path / f"out_{expected}"
+        result = runner.invoke(app, ["localize", str(tmp_path / "a.png"), "--checkpoint", str(tmp_path / "acol.ckpt"),
+                                     "--out", str(out), "--workers", "0", "-q", *extra])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "run.json").read_text())["method"] == expected

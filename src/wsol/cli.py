@@ -318,8 +318,9 @@ def localize(
     model: str | None = typer.Option(None, help="Model name (default: the embedded EfficientNet-Lite0, offline)."),
     checkpoint: Path | None = typer.Option(None, help="A checkpoint of any format wsol.models.load reads (wsol, "
                                                       "wsolevaluation, CAM Back Again, timm, RepLKNet, SLaK...)."),
-    method: str = typer.Option("cam", help="Activation-map method (any registered one: cam, gradcam, pc1...; "
-                                           "cam+nwc; cam+pas with --metadata)."),
+    method: str | None = typer.Option(None, help="Activation-map method (any registered one: cam, gradcam, pc1...; "
+                                                 "cam+nwc; cam+pas with --metadata). Default: the map of the "
+                                                 "checkpoint's training method (acol, spg), else cam."),
     as_published: bool = typer.Option(False, "--as-published", help="cam / pc1 exactly as CAM Back Again's script "
                                       "computes them (raw head weights, their frame test)."),
     large_feature_map: bool | None = typer.Option(None, "--large-feature-map/--no-large-feature-map",
@@ -358,8 +359,17 @@ def localize(
         _merge_shards(paths[1:], out, quiet)
         return
     shard_k = parse_shard(shard)
-    from wsol.localize.run import LocalizeOptions, load_model, localize_images, localize_split, preprocessing
+    from wsol.localize.run import (
+        LocalizeOptions,
+        default_map_method,
+        load_model,
+        localize_images,
+        localize_split,
+        preprocessing,
+    )
 
+    explicit_method = method is not None or as_published
+    method = method or "cam"
     if as_published:
         method = _published(method)
 
@@ -388,6 +398,7 @@ def localize(
 
             check_output_path(out, "--out", folder=True)
         net = load_model(model, checkpoint, large_feature_map=large_feature_map)
+        method = method if explicit_method else default_map_method(net)
         summary = localize_split(metadata, data_root, net, method=method, scoremap_dir=scoremaps,
                                  evaluate=evaluate_, mask_root=mask_root, batch_size=batch_size, device=device,
                                  workers=workers, image_size=image_size or preprocessing(net)["size"],
@@ -426,6 +437,8 @@ def localize(
                               workers=workers, crf=crf)
     options.check()  # wrong options fail before the model loads
     net = load_model(model, checkpoint, large_feature_map=large_feature_map)
+    if not explicit_method:
+        options.method = default_map_method(net)
     summary = localize_images(paths, out, net, options, quiet=quiet,
                               checkpoint=str(checkpoint) if checkpoint else None, shard=shard_k)
     if not quiet:

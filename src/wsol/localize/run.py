@@ -302,6 +302,16 @@ def resolve_target(target: str | int | None, names: Sequence[str]) -> int | None
     raise WSOLError(f"--target {text!r} is ambiguous ({len(partial)} classes: {some}...); use a class index")
 
 
+def default_map_method(model: nn.Module) -> str:
+    """The map the model's training method is evaluated with (ACoL's two branches, SPG's class map), as its
+    checkpoint records it; ``cam`` otherwise."""
+    from wsol.methods import METHODS
+
+    name = getattr(getattr(model, "checkpoint_info", None), "method", "cam") or "cam"
+    method = METHODS.get(str(name))
+    return method.map_method if method is not None else "cam"
+
+
 def load_model(model_name: str | None = None, checkpoint: str | Path | None = None,
                large_feature_map: bool | None = None) -> nn.Module:
     """The embedded default, a named model (pretrained where possible), or any checkpoint
