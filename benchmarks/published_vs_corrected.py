@@ -38,7 +38,8 @@ def compare(model: torch.nn.Module, x: torch.Tensor, method: str) -> dict[str, f
     ours = compute_cams(model, x, None, method)
     theirs = compute_cams(model, x, ours.targets, method, as_published=True)
     a, b = to_score_maps(ours.maps)[0], to_score_maps(theirs.maps)[0]
-    iou = float(box_iou(boxes_from_map(a, 0.2, components="largest"), boxes_from_map(b, 0.2, components="largest"))[0, 0])
+    boxes_a, boxes_b = boxes_from_map(a, 0.2, components="largest"), boxes_from_map(b, 0.2, components="largest")
+    iou = float(box_iou(boxes_a, boxes_b)[0, 0])
     row = {"mean_abs": float(np.abs(a - b).mean()), "box_iou": iou}
     if method == "pc1":  # the two differ only in the frame test: same first component, maybe opposite flips
         row["flip_differs"] = float(np.abs(a + b - 1).max() < 1e-4)

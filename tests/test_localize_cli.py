@@ -96,7 +96,7 @@ def test_mixed_folder_good_processed_bad_listed_and_resume(mixed: Path, tmp_path
 
     again = runner.invoke(app, ["localize", str(mixed), "--out", str(out), "--workers", "0", "--save-maps", "-q"])
     assert again.exit_code == 0, again.output
-    assert again.output == ""  # --quiet
+    assert again.output.strip() == f"report: {out / 'index.html'}"  # --quiet: where the results are
     assert sorted(r["id"] for r in _records(out)) == sorted(GOOD)  # nothing redone, nothing duplicated
 
     other = runner.invoke(app, ["localize", str(mixed), "--out", str(out), "--method", "gradcam", "--save-maps",
@@ -300,7 +300,10 @@ def test_helpers(tmp_path: Path) -> None:
     image, w, h, _ = read_image(big, draft_size=512)
     assert (w, h) == (6000, 4000) and max(image.size) < 6000  # draft decoding of a large JPEG
     found = find_image_files([tmp_path])
-    assert [p.name for p in found.files] == ["big.jpg"] and [p.name for p in found.ignored] == ["results.jsonl"]
+    # the folder holds a results.jsonl: a wsol output folder, whose own files are skipped without a word
+    assert [p.name for p in found.files] == ["big.jpg"] and found.ignored == []
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in find_image_files([tmp_path]).ignored] == ["notes.txt"]
     from types import SimpleNamespace
 
     from wsol.localize.run import preprocessing

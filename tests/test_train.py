@@ -220,7 +220,7 @@ def test_config_errors(synth: Path, tmp_path: Path) -> None:
     bad.write_text("model:\n  name: resnet18\n  poool: gap\n")
     with pytest.raises(WSOLError, match=r"bad\.yaml: config: unknown key 'model\.poool'"):
         load_config(bad)
-    with pytest.raises(WSOLError, match=r"optim\.lr='fast': expected a number"):
+    with pytest.raises(WSOLError, match=r"override optim\.lr=fast: expected a number"):
         load_config(None, ["optim.lr=fast"])
     config = load_config(None, tiny_overrides(synth, tmp_path / "x", **{"data.root": tmp_path}))
     missing = r"00_checker_h000_0000\.png: image file not found \(id .* in .*image_ids\.txt\)"

@@ -1,6 +1,7 @@
 """The ``wsol`` command line. Each sub-command is a thin layer over the library.
 
-Errors a user can fix (:class:`~wsol.errors.WSOLError`) print as one line and exit with status 2.
+Errors a user can fix (:class:`~wsol.errors.WSOLError`) print as one line and exit with status 2. Exit codes:
+0 done, 1 nothing processed, 2 usage or input error, 130 interrupted (Ctrl-C; see :mod:`wsol.clihelp`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from wsol.errors import WSOLError, one_line
+from wsol.clihelp import HELP_SETTINGS, interrupted, patch_typer, show_warning
+from wsol.errors import Interrupted, WSOLError, one_line
 
+patch_typer()  # flags shown without <bool>, `--flag true` refused (see wsol.clihelp)
 app = typer.Typer(
     name="wsol",
+    context_settings=HELP_SETTINGS,
     help="Weakly supervised object localization: maps, boxes, masks and the WSOL evaluation protocol.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -27,8 +31,18 @@ console = Console(stderr=True)
 def run() -> None:
     """Console-script entry point: the Typer app with one-line errors (also for the file system's: a full
     disk, a permission, a path that is not what it should be; WSOL_DEBUG=1 shows their traceback)."""
+    import warnings
+
+    warnings.showwarning = show_warning  # ours as one `warning:` line
     try:
         app()
+    except Interrupted as error:  # a run stopped by Ctrl-C at a safe point, saying how to resume
+        console.print(interrupted(_command, one_line(error)), highlight=False, soft_wrap=True)
+        sys.exit(130)
+    except SystemExit as exit_:  # Typer turns a KeyboardInterrupt into exit 130 without a word
+        if exit_.code == 130:
+            console.print(interrupted(_command), highlight=False, soft_wrap=True)
+        raise
     except WSOLError as error:
         console.print(f"[bold red]error:[/] {one_line(error)}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -54,11 +68,20 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_command: str | None = None  # the sub-command running (for the Ctrl-C hint)
+
+
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+def main(ctx: typer.Context,
+         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Print the version and exit.")) -> None:
-    """wsol: find where objects are with classifiers trained on image labels."""
+    """wsol: find where objects are with classifiers trained on image labels.
+
+    Exit codes: 0 done, 1 nothing processed, 2 usage or input error, 130 interrupted."""
+    global _command
     from wsol.runtime import tune_cpu_allocator
+
+    _command = ctx.invoked_subcommand
 
     tune_cpu_allocator()  # 2x faster CPU forward passes (see wsol.runtime); WSOL_TUNE_MALLOC=0 turns it off
 
@@ -130,7 +153,7 @@ def evaluate(
 
 
 data_app = typer.Typer(help="Datasets: prepare CUB / ILSVRC from their official files, or generate the "
-                       "synthetic WSOL benchmark.", no_args_is_help=True)
+                       "synthetic WSOL benchmark.", no_args_is_help=True, context_settings=HELP_SETTINGS)
 app.add_typer(data_app, name="data")
 
 
@@ -157,7 +180,8 @@ def data_synth(
     head_cue: str = _synth_option("head_cue"),
     body_colour: str = _synth_option("body_colour"),
     texture: float = _synth_option("texture"),
-    set_: list[str] = typer.Option([], "--set", help="Any other knob as KEY=VALUE (see wsol.data.synth_config.KNOBS)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Any other knob (see "
+                                   "wsol.data.synth_config.KNOBS); repeat --set for each."),
     overwrite: bool = typer.Option(False, help="Replace an existing dataset folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -232,17 +256,22 @@ def samples(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def train(
     overrides: list[str] | None = typer.Argument(None, help="Dotted key=value overrides, e.g. optim.lr=0.001."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="A YAML recipe (see configs/)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="A YAML recipe: a file, or a shipped "
+                                                                    "config's name such as synth_gap (wsol configs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from <trainer.out_dir>/checkpoints/last.ckpt."),
     devices: str | None = typer.Option(None, help="Devices per node: auto, N or a list '0,1' (DDP when > 1)."),
     num_nodes: int | None = typer.Option(None, help="Nodes (multi-node DDP through Lightning's environment)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (= trainer.out_dir)."),
     test_methods: str = typer.Option("", help="Map variants for the final test, e.g. 'cam cam+nwc cam+pas pc1'."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or model summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the line saying where the results are."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Lightning's own lines too (devices, model summary)."),
 ) -> None:
     """Train a WSOL classifier (Lightning), validate localization each epoch, test the selected checkpoint."""
+    from wsol.clihelp import quiet_libraries
     from wsol.train.config import load_config
     from wsol.train.run import train as run_train
+
+    quiet_libraries(verbose)
 
     extra = list(overrides or [])
     if devices is not None:
@@ -254,7 +283,9 @@ def train(
     recipe = load_config(config, extra)
     methods = test_methods.replace(",", " ").split() or None
     summary = run_train(recipe, resume=resume, test_methods=methods, quiet=quiet)
-    if not quiet:
+    if quiet:
+        console.print(_results_line(summary), highlight=False, soft_wrap=True)  # -q: where the results are
+    else:
         test = summary.get("test", {})
         console.print(f"classification top-1 {test.get('classification', {}).get('top1_cls', float('nan')):.2f}",
                       highlight=False)
@@ -263,16 +294,34 @@ def train(
                 continue
             parts = [f"{k} {entry[k]:.2f}" for k in ("MaxBoxAcc", "MaxBoxAccV2", "PxAP") if k in entry]
             console.print(f"{spec}: " + ", ".join(parts), highlight=False)
-        console.print(f"metrics: {Path(summary['out_dir']) / 'test_metrics.json'}", highlight=False)
+        console.print(_results_line(summary), highlight=False, soft_wrap=True)
+
+
+def _results_line(summary: dict) -> str:
+    """Where a training's results are: its test_metrics.json, or the run folder when it had no test split."""
+    out = Path(summary["out_dir"])
+    return f"metrics: {out / 'test_metrics.json'}" if "test" in summary else f"run: {out}"
+
+
+@app.command()
+def configs() -> None:
+    """The shipped recipes, by name (give one to --config): train, F-CAM and search spaces (spaces/...)."""
+    from wsol.configs import config_dir, list_configs
+
+    entries = list_configs()
+    width = max(len(name) for name, _ in entries)
+    for name, description in entries:
+        typer.echo(f"{name:<{width}}  {description}")
+    console.print(f"({len(entries)} configs in {config_dir()})", highlight=False)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def tune(
     overrides: list[str] | None = typer.Argument(None, help="Dotted key=value overrides of the recipe, as wsol train."),
     config: Path = typer.Option(..., "--config", "-c", help="The recipe every trial trains (wsol train or wsol "
-                                                            "fcam train YAML)."),
+                                                            "fcam train YAML; a file or a shipped config's name)."),
     space: Path = typer.Option(..., "--space", "-s", help="Search space YAML: dotted config keys -> distributions "
-                                                          "(configs/spaces/)."),
+                                                          "(a file or a shipped name such as spaces/has)."),
     trials: int = typer.Option(..., "--trials", "-n", help="Completed trials wanted in the study, in total (a "
                                                            "resumed study counts the ones it has)."),
     timeout: float | None = typer.Option(None, help="Start no new trial after this many seconds."),
@@ -288,16 +337,20 @@ def tune(
     keep_checkpoints: bool = typer.Option(False, help="Keep each trial's checkpoints (deleted by default)."),
     heartbeat: int = typer.Option(60, help="Seconds between a running trial's heartbeats; a trial silent for twice "
                                            "that (its process died) is failed and re-queued."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the line saying where the results are."),
 ) -> None:
     """Search hyperparameters on the val split (Optuna): trials are wsol train runs scored by the val metric."""
+    from wsol.configs import find_config
     from wsol.tune.study import TuneSettings, run_study
 
     summary = run_study(TuneSettings(
-        config=config, space=space, trials=trials, overrides=list(overrides or []), timeout=timeout, sampler=sampler,
+        config=find_config(config), space=find_config(space, "--space"), trials=trials,
+        overrides=list(overrides or []), timeout=timeout, sampler=sampler,
         pruner=pruner, storage=storage, study=study, jobs=jobs, out=out, seed=seed, final=final,
         keep_checkpoints=keep_checkpoints, heartbeat=heartbeat, quiet=quiet))
-    if not quiet:
+    if quiet:
+        console.print(f"trials: {summary['trials_csv']}", highlight=False, soft_wrap=True)
+    else:
         console.print(f"study {summary['study']}: {summary['completed']} completed, {summary['pruned']} pruned, "
                       f"{summary['failed']} failed; {summary['trials_csv']}", highlight=False)
         if "best_value" in summary:
@@ -455,6 +508,10 @@ def localize(
                       + (f" ({len(summary.skipped)} unreadable, {len(summary.ignored)} not images)" if quiet else ""),
                       highlight=False)
         raise typer.Exit(1)
+    if quiet:  # -q: only where the results are
+        report = out / "index.html"
+        console.print(f"report: {report}" if report.is_file() else f"results: {out / 'results.jsonl'}",
+                      highlight=False, soft_wrap=True)
 
 
 def _merge_shards(outs: list[Path], out: Path | None, quiet: bool) -> None:
@@ -503,6 +560,10 @@ def inspect(
 from wsol.fcam.cli import register as _register_fcam  # noqa: E402  (wsol fcam train | localize)
 
 _register_fcam(app)
+
+from wsol.report.compare_cli import register as _register_report  # noqa: E402  (wsol report)
+
+_register_report(app)
 
 from wsol.analysis.cli import analyze_app as _analyze_app  # noqa: E402  (wsol analyze erf | features)
 

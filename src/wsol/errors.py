@@ -2,7 +2,16 @@
 
 
 class WSOLError(Exception):
-    """A user-facing error. The CLI prints :func:`one_line` of it and exits non-zero."""
+    """A user-facing error. The CLI prints :func:`one_line` of it and exits non-zero (2: usage or input)."""
+
+
+class Interrupted(WSOLError):
+    """A run stopped by Ctrl-C, its message saying how to resume. The CLI prints it and exits 130."""
+
+
+class WSOLWarning(UserWarning):
+    """Something suspicious that the protocol still allows (a mask of another size than its image...). The CLI
+    prints it as one ``warning:`` line."""
 
 
 def one_line(error: BaseException) -> str:

@@ -124,8 +124,13 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", map_location: st
     or pickled code that ``weights_only`` refuses)."""
     import torch
     path = Path(path)
+    if path.is_dir():
+        raise WSOLError(f"{path}: is a folder, not a {what} file")
     if not path.is_file():
         raise WSOLError(f"{path}: {what} file not found")
+    if not _torch_file(path):  # a text file gave "KeyError: 101" (its byte 'e') from the legacy unpickler
+        raise WSOLError(f"{path}: cannot read {what}: not a PyTorch file ({_file_kind(path)}, neither the zip "
+                        "archive nor the pickle that torch.save writes)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -134,3 +139,24 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", map_location: st
     except Exception as exc:  # noqa: BLE001 - any other loading failure is a user-facing error
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WSOLError(f"{path}: cannot read {what} ({type(exc).__name__}: {reason[:200]})") from None
+
+
+def _torch_file(path: Path) -> bool:
+    """What ``torch.save`` writes: a zip archive, or (legacy format) a pickle, whose first byte is 0x80."""
+    import zipfile
+
+    with path.open("rb") as handle:
+        head = handle.read(1)
+    return head == b"\x80" or zipfile.is_zipfile(path)
+
+
+def _file_kind(path: Path) -> str:
+    with path.open("rb") as handle:
+        head = handle.read(512)
+    if not head:
+        return "an empty file"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"it starts with bytes {head[:8].hex(' ')}"
+    return "a text file"

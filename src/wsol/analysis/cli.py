@@ -12,11 +12,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from wsol.clihelp import HELP_SETTINGS
 from wsol.errors import WSOLError
 
 analyze_app = typer.Typer(name="analyze", help="Why one backbone localizes better: the effective receptive "
                           "field, and the CAM feature map on a WSOL split.", no_args_is_help=True,
-                          pretty_exceptions_enable=False, add_completion=False)
+                          pretty_exceptions_enable=False, add_completion=False, context_settings=HELP_SETTINGS)
 console = Console(stderr=True)
 
 _MODEL_HELP = ("Model name(s), comma-separated: one panel each (default: the embedded EfficientNet-Lite0). "

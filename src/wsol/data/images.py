@@ -46,8 +46,24 @@ class Discovered:
     ignored: list[Path] = field(default_factory=list)
 
 
-def find_image_files(paths: str | Path | Sequence[str | Path]) -> Discovered:
+# files that mark a folder written by a wsol run (localize --out, --scoremaps, a shard): not input
+OUTPUT_MARKERS = ("results.jsonl", "scoremaps.json", "shard.json")
+OUTPUT_SUBFOLDERS = ("overlays", "maps")  # what `wsol localize --out DIR` writes images into
+OUTPUT_FILES = (*OUTPUT_MARKERS, "run.json", "index.html", "skipped.jsonl", "metrics.json")
+
+
+def is_output_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` was written by a wsol run (it holds one of :data:`OUTPUT_MARKERS`)."""
+    return any((Path(folder) / name).is_file() for name in OUTPUT_MARKERS)
+
+
+def find_image_files(paths: str | Path | Sequence[str | Path],
+                     exclude: Sequence[str | Path] = ()) -> Discovered:
     """Images under ``paths`` (files, or folders searched recursively, hidden entries skipped), sorted.
+
+    Output is never input: the folders in ``exclude`` (``--out``) and any folder a wsol run wrote (one with
+    a :data:`OUTPUT_MARKERS` file) are skipped; when such a folder is a given PATH itself (``wsol localize .
+    --out .``), only its image outputs (``overlays/``, ``maps/``) are.
 
     A file named explicitly is always tried; inside folders only known image extensions are taken and
     other files (and pipes, sockets, devices, which would block or never end) are reported in ``ignored``.
@@ -61,6 +77,10 @@ def find_image_files(paths: str | Path | Sequence[str | Path]) -> Discovered:
     seen: set[Path] = set()
     used: set[str] = set()
     several = len(paths) > 1
+    outputs = {os.path.realpath(p) for p in exclude}
+
+    def written_by_wsol(folder: str) -> bool:
+        return os.path.realpath(folder) in outputs or is_output_folder(folder)
 
     def add(path: Path, key: str) -> None:
         real = path.resolve()
@@ -87,9 +107,12 @@ def find_image_files(paths: str | Path | Sequence[str | Path]) -> Discovered:
                     dirnames[:] = []
                     continue
                 visited.add(real)
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                output = written_by_wsol(dirpath)  # only a given PATH can be: deeper ones are pruned here
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                     and not (output and d in OUTPUT_SUBFOLDERS)
+                                     and not written_by_wsol(os.path.join(dirpath, d)))
                 for name in sorted(filenames):
-                    if name.startswith("."):
+                    if name.startswith(".") or (output and name in OUTPUT_FILES):
                         continue
                     path = Path(dirpath) / name
                     rel = path.relative_to(root).as_posix()

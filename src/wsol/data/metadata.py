@@ -23,14 +23,15 @@ stores the names in its checkpoints, so reports say "03_dots" rather than "class
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from wsol.errors import WSOLError
+from wsol.errors import WSOLError, WSOLWarning
 from wsol.files import write_text
 
 EVAL_SIZE = 224  # the protocol evaluates every score map at 224 x 224
@@ -88,6 +89,7 @@ class Metadata:
     boxes: dict[str, np.ndarray] | None = None  # (n, 4) int64 x0, y0, x1, y1 in original pixels
     mask_paths: dict[str, list[str]] | None = None
     ignore_paths: dict[str, str] | None = None
+    _mask_size_warned: bool = field(default=False, repr=False, compare=False)
 
     @property
     def has_boxes(self) -> bool:
@@ -111,6 +113,12 @@ class Metadata:
         if not split_dir.is_dir():
             raise WSOLError(f"{split_dir}: metadata folder not found")
         ids_file = split_dir / "image_ids.txt"
+        if not ids_file.exists():
+            splits = sorted(d.name for d in split_dir.iterdir() if (d / "image_ids.txt").is_file())
+            if splits:
+                example = "test" if "test" in splits else splits[0]
+                raise WSOLError(f"{split_dir}: looks like a metadata root: give one split folder, e.g. "
+                                f"{split_dir / example} (it has {', '.join(splits)})")
         id_lines: dict[str, int] = {}
         for number, (image_id,) in _records(ids_file, 1):
             _check_relative(ids_file, number, image_id)
@@ -246,17 +254,39 @@ class Metadata:
         root = Path(mask_root)
         foreground = np.zeros((size, size), dtype=bool)
         for name in self.mask_paths[image_id]:
-            foreground |= read_mask_png(root / name, size)
+            foreground |= read_mask_png(root / name, size, self._size_check(image_id))
         ignore_name = self.ignore_paths[image_id]
-        ignore = read_mask_png(root / ignore_name, size) & ~foreground if ignore_name else np.zeros_like(foreground)
+        ignore = (read_mask_png(root / ignore_name, size, self._size_check(image_id)) & ~foreground if ignore_name
+                  else np.zeros_like(foreground))
         return foreground, ignore
 
+    def _size_check(self, image_id: str) -> Callable[[Path, int, int], None] | None:
+        """A check of a mask's size against its image's recorded one (image_sizes.txt). The protocol resizes
+        every mask to 224 x 224 whatever its size, so a mismatch is warned about (once per split), not refused."""
+        if self._mask_size_warned or image_id not in self.sizes:
+            return None
+        width, height = self.sizes[image_id]
 
-def read_mask_png(path: Path, size: int = EVAL_SIZE) -> np.ndarray:
-    """A mask PNG as a bool array at ``size`` x ``size`` (nearest-neighbour resize, then ``> 0.5``)."""
+        def check(path: Path, mask_width: int, mask_height: int) -> None:
+            if (mask_width, mask_height) != (width, height) and not self._mask_size_warned:
+                self._mask_size_warned = True
+                warnings.warn(f"{path}: mask is {mask_width} x {mask_height} but its image {image_id} is {width} x "
+                              f"{height} ({self.split_dir / 'image_sizes.txt'}); the protocol resizes masks to "
+                              f"{EVAL_SIZE} x {EVAL_SIZE} anyway: check the mask root (further mismatches in this "
+                              "split are not reported)", WSOLWarning, stacklevel=2)
+
+        return check
+
+
+def read_mask_png(path: Path, size: int = EVAL_SIZE,
+                  check: Callable[[Path, int, int], None] | None = None) -> np.ndarray:
+    """A mask PNG as a bool array at ``size`` x ``size`` (nearest-neighbour resize, then ``> 0.5``);
+    ``check(path, width, height)`` sees its size first."""
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise WSOLError(f"{path}: mask file missing or not a readable image")
+    if check is not None:
+        check(path, image.shape[1], image.shape[0])
     resized = cv2.resize(image.astype(np.float32), (size, size), interpolation=cv2.INTER_NEAREST)
     return resized > 0.5
 

@@ -39,7 +39,7 @@ KNOBS: dict[str, str] = {
     "max_objects": "objects per image drawn from 1..max_objects (at most 32); several objects defeat "
                    "largest-box rules",
     "part_size": "head diameter / body length; smaller = the discriminative part covers less of the box",
-    "head_cue": "what tells classes apart: 'both' pattern and hue, 'pattern' only, or 'color' only",
+    "head_cue": "what tells classes apart: 'both' pattern and hue, 'pattern' only, or 'color' (or 'colour') only",
     "distractors": "clutter shapes per image drawn from 0..distractors; false activations on the background",
     "headless_bodies": "headless bodies per image drawn from 0..n: object-like background, a trap for PxAP",
     "loose_head_prob": "chance of a loose head of the image's class (ignored region): CAMs fire off-object",
@@ -92,6 +92,8 @@ class SynthConfig:
         def bad(key: str, why: str) -> WSOLError:
             return WSOLError(f"synth config: {key}={getattr(self, key)!r} {why}")
 
+        if self.head_cue == "colour":  # both spellings, as --body-colour is British
+            object.__setattr__(self, "head_cue", "color")
         if self.body_colour not in BODY_COLOURS:
             raise bad("body_colour", f"is not one of {', '.join(BODY_COLOURS)}")
         if self.head_cue not in HEAD_CUES:

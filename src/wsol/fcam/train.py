@@ -66,6 +66,9 @@ class FCAMSettings:
         """One-line errors naming the key."""
         if not self.classifier:
             raise WSOLError("config fcam.classifier: required (the `wsol train` checkpoint of the classifier)")
+        if Path(self.classifier).is_dir():
+            raise WSOLError(f"config fcam.classifier={self.classifier}: is a folder, not a checkpoint file (a `wsol "
+                            "train` checkpoint such as <run>/checkpoints/best.ckpt)")
         if not Path(self.classifier).is_file():
             raise WSOLError(f"config fcam.classifier={self.classifier}: file not found (a `wsol train` checkpoint)")
         if self.cam_method.lower() == "fcam":

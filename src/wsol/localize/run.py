@@ -536,7 +536,7 @@ def _localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn
     device = resolve_device(options.device)
     names = class_names_of(model)
     target = resolve_target(options.target, names)
-    found = find_image_files(paths)
+    found = find_image_files(paths, exclude=[out_dir])  # its own output is never input
     everything = len(found.files) + len(found.ignored)
     shard_order = select_found(found, shard)
     out = Path(out_dir)

@@ -111,9 +111,10 @@ _JS = """
 
 
 def _json_for_script(payload: Any) -> str:
-    """JSON safe inside ``<script>``: no ``</`` sequence, no HTML comment openers."""
+    """JSON safe inside ``<script>`` and still valid JSON: ``<``, ``>`` and ``&`` (which only occur inside
+    strings) as ``\\u`` escapes, so no ``</script>`` or ``<!--`` can appear."""
     text = json_text(payload, separators=(",", ":"))
-    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def render_html(records: Iterable[Mapping[str, Any]], title: str = "wsol localize",

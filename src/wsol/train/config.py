@@ -316,7 +316,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise WSOLError(f"config {prefix or '<top level>'}: expected a mapping, got {type(data).__name__}")
+        if not prefix:
+            raise WSOLError(f"config: expected a mapping of sections, got {type(data).__name__}")
+        section = prefix.rstrip(".")
+        keys = [f.name for f in fields(cls)]
+        raise WSOLError(f"config {section}={data!r}: {section} is a section, not a value; set its keys, e.g. "
+                        f"{section}.{keys[0]}=... (keys: {', '.join(keys)})")
     hints = typing.get_type_hints(cls)
     valid = {f.name: f for f in fields(cls)}
     kwargs = {}
@@ -362,9 +367,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """
     data: dict[str, Any] = _merge({}, defaults or {})
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise WSOLError(f"{path}: config file not found")
+        from wsol.configs import find_config
+
+        path = find_config(path)  # a file, or a shipped config by name (`wsol configs`)
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as exc:
@@ -383,8 +388,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is not None and not isinstance(loaded, dict):
             raise WSOLError(f"{path}: the config must be a mapping of sections (model, data, optim, ...)")
         data = _merge(data, loaded or {})
+    given: list[tuple[str, str]] = []  # (dotted key, override): an error in one of these keys is the override's
     for text in overrides:
         keys, value = parse_override(text)
+        given.append((".".join(keys), text))
         nested: Any = value
         for k in reversed(keys):
             nested = {k: nested}
@@ -392,8 +399,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         config = _build(cls, data, "")
     except WSOLError as exc:
+        culprit = _override_of(str(exc), given)
+        if culprit is not None:
+            raise WSOLError(culprit) from None
         raise WSOLError(f"{path}: {exc}" if path is not None else str(exc)) from None
     return config
+
+
+_ERROR_KEY = re.compile(r"config(?: (?P<key>[\w.\[\]]+)(?:=.*?)?|: unknown key '(?P<unknown>[^']+)')(?:: |; )")
+
+
+def _override_of(message: str, given: list[tuple[str, str]]) -> str | None:
+    """``message`` (an error of :func:`_build`) said of the command-line override that set its key, if one did:
+    ``override optim.lr=abc: expected a number`` rather than blaming the config file."""
+    match = _ERROR_KEY.match(message)
+    if match is None:
+        return None
+    key = match["key"] or match["unknown"]
+    for dotted, text in reversed(given):  # the last override of a key is the one that counts
+        if key == dotted or key.startswith((dotted + ".", dotted + "[")):
+            why = message[match.end():] if match["key"] else message[len("config: "):]
+            return f"override {text.strip()}: {why}"
+    return None
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

@@ -32,7 +32,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
-from wsol.errors import WSOLError
+from wsol.errors import Interrupted, WSOLError
 from wsol.files import plain, read_checkpoint, write_json
 from wsol.locks import FolderLock
 from wsol.models import WSOLClassifier
@@ -44,7 +44,7 @@ LAST, BEST = "last", "best"
 log = logging.getLogger(__name__)
 
 
-class TrainingInterrupted(WSOLError):
+class TrainingInterrupted(Interrupted):
     """Raised after a Ctrl-C: the run stopped at a batch boundary and saved a resumable checkpoint."""
 
 
@@ -181,7 +181,9 @@ def make_trainer(config: TrainConfig, out: Path, *, callbacks: Sequence[Callback
         accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
         check_val_every_n_epoch=config.eval.every_n_epochs, num_sanity_val_steps=0,
         deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps, logger=logger, callbacks=cbs,
-        enable_progress_bar=t.progress_bar and not quiet, enable_model_summary=not quiet,
+        enable_progress_bar=t.progress_bar and not quiet,
+        # the model summary is Lightning's output too: shown with `--verbose` (its info lines enabled) only
+        enable_model_summary=not quiet and logging.getLogger("lightning.pytorch").isEnabledFor(logging.INFO),
         enable_checkpointing=loggers, use_distributed_sampler=False, inference_mode=False,
         default_root_dir=str(out),
     )
@@ -201,7 +203,8 @@ def _trainer(**kwargs: Any) -> L.Trainer:
 def _quiet_warnings() -> None:
     for pattern in (".*does not have many workers.*", ".*The number of training batches.*",
                     ".*sync_dist=True.*", ".*LeafSpec.*", ".*isinstance.*treespec.*",
-                    ".*module\\(s\\) in eval mode.*"):  # F-CAM's frozen classifier stays in eval mode
+                    ".*module\\(s\\) in eval mode.*",  # F-CAM's frozen classifier stays in eval mode
+                    ".*exists and is not empty.*"):  # the run folder of a --resume holds the run, of course
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -248,7 +251,7 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, callbacks: 
     else:
         module = make_module(config, datamodule, ckpt_path is not None)
     if ckpt_path is not None:
-        _check_resumable(Path(ckpt_path), module, out)  # before anything in the run folder changes
+        _check_resumable(Path(ckpt_path), module, out, config.trainer.epochs)  # before the run folder changes
     _attach(module, datamodule)
     datamodule.set_normalization(module.model.data_config["mean"], module.model.data_config["std"])
     module.model.data_config.update(datamodule.eval_preprocessing())  # saved in the checkpoints
@@ -288,6 +291,9 @@ def _fit_and_test(config: TrainConfig, out: Path, last: Path, ckpt_path: str | N
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except _Stop:
         pass
+    except SystemExit:  # a second Ctrl-C: Lightning saved what it could (on_exception) and exits with 1
+        if not interrupt.requested:
+            raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -386,11 +392,16 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _check_resumable(path: Path, module: L.LightningModule, out: Path) -> None:
-    """One line instead of Lightning's key-mismatch traceback when ``path`` was made by another model."""
+def _check_resumable(path: Path, module: L.LightningModule, out: Path, epochs: int = -1) -> None:
+    """One line instead of Lightning's traceback when ``path`` was made by another model or already holds
+    more than ``epochs`` epochs."""
     obj = read_checkpoint(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         raise WSOLError(f"--resume {path}: not a checkpoint of `wsol train` / `wsol fcam train`")
+    done = _epochs_done(obj)
+    if epochs != -1 and done is not None and done > epochs:
+        raise WSOLError(f"--resume {path}: the run already has {done} epochs, more than trainer.epochs={epochs}; "
+                        f"to continue it, raise trainer.epochs (e.g. trainer.epochs={done + 1})")
     own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in obj["state_dict"].items() if isinstance(v, torch.Tensor)}
     diff = sorted(set(own) ^ set(theirs)) or [k for k in own if own[k] != theirs[k]]
@@ -398,6 +409,15 @@ def _check_resumable(path: Path, module: L.LightningModule, out: Path) -> None:
         made_by = obj.get("wsol", {}).get("model", "another model") if isinstance(obj.get("wsol"), dict) else "?"
         raise WSOLError(f"--resume {path}: made by {made_by!r} with other weights than this run's model "
                         f"(first difference: {diff[0]}); resume with the settings of {out / 'config.yaml'}")
+
+
+def _epochs_done(obj: dict[str, Any]) -> int | None:
+    """The epochs a Lightning checkpoint has trained (what Lightning restores as ``current_epoch``: an epoch-end
+    checkpoint is saved before its epoch counts as completed, but after it is processed)."""
+    try:
+        return int(obj["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _check_arch(path: Path, meta: dict[str, Any], model: WSOLClassifier) -> None:

@@ -37,7 +37,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from wsol.errors import WSOLError
+from wsol.errors import Interrupted, WSOLError
 from wsol.train.config import TrainConfig, load_config, parse_devices, parse_override
 from wsol.tune.pruning import PruningCallback
 from wsol.tune.space import SearchSpace, load_space, override
@@ -417,7 +417,7 @@ def run_study(settings: TuneSettings) -> dict[str, Any]:
     summary.update(study=settings.study, storage=settings.storage, out_dir=str(out),
                    completed=n[TrialState.COMPLETE], pruned=n[TrialState.PRUNED], failed=n[TrialState.FAIL])
     if interrupted:
-        raise WSOLError(f"study {settings.study!r} interrupted with {n[TrialState.COMPLETE]} of {target} trials "
+        raise Interrupted(f"study {settings.study!r} interrupted with {n[TrialState.COMPLETE]} of {target} trials "
                         "completed; run the same command again to resume it")
     if settings.final and summary.get("best_config"):
         summary["final"] = _final(Path(summary["best_config"]), out / "best", settings.quiet)
