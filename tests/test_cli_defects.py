@@ -322,6 +322,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str],
     return root, overrides, first
 
 
+@pytest.mark.slow
 def test_train_prints_our_lines_only(tiny_run: tuple[Path, list[str], subprocess.CompletedProcess]) -> None:
     _, _, first = tiny_run
     assert first.returncode == 0, first.stderr
@@ -332,6 +333,7 @@ def test_train_prints_our_lines_only(tiny_run: tuple[Path, list[str], subprocess
     assert "metrics: run/test_metrics.json" in text
 
 
+@pytest.mark.slow
 def test_resume_with_fewer_epochs_is_one_line(tiny_run: tuple[Path, list[str], subprocess.CompletedProcess]) -> None:
     root, overrides, _ = tiny_run
     proc = _wsol("train", *overrides, "trainer.epochs=1", "--out", "run", "--resume", cwd=root)
@@ -340,6 +342,7 @@ def test_resume_with_fewer_epochs_is_one_line(tiny_run: tuple[Path, list[str], s
     assert "already has 2 epochs" in proc.stderr and "trainer.epochs" in proc.stderr
 
 
+@pytest.mark.slow
 def test_quiet_resume_says_where_the_results_are_and_nothing_else(
         tiny_run: tuple[Path, list[str], subprocess.CompletedProcess]) -> None:
     root, overrides, _ = tiny_run

@@ -103,6 +103,7 @@ def test_binary_config_file_is_one_line(tmp_path):
                               "not allowed)"
 
 
+@pytest.mark.slow
 def test_cli_stops_before_writing_anything(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, "-c", "from wsol.cli import run; run()", "train", *REQUIRED,

@@ -104,6 +104,7 @@ def test_too_fine_cam_curve_interval_is_a_one_line_error(split):
     assert "cam_curve_interval must lie in [0.0001, 1)" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_an_interval_that_misses_0_2_leaves_out_boxacc_at_0_2(split):
     meta, masks, maps = split
     out = wsol("evaluate", "--metadata", str(meta), "--scoremaps", str(maps), "--cam-curve-interval", "0.7",

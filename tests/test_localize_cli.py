@@ -247,6 +247,7 @@ def test_metadata_split_scoremaps_and_evaluate(mixed: Path, tmp_path: Path) -> N
     assert metrics["boxes"]["top1_cls"] == 100.0
 
 
+@pytest.mark.slow
 def test_metadata_split_with_crf_refines_the_protocol_maps(mixed: Path, tmp_path: Path) -> None:
     """--crf on a split: each saved map is the CRF of the plain 224 x 224 map against the 224 x 224 image."""
     from wsol.localize.run import ImageSource, crf_on_images

@@ -127,7 +127,7 @@ def test_to_score_maps_is_224_and_normalised():
 
 
 # ---------------------------------------------------------------- equality with the oracle
-@pytest.mark.parametrize("interval", [0.01, 0.001])
+@pytest.mark.parametrize("interval", [0.01, pytest.param(0.001, marks=pytest.mark.slow)])
 def test_box_accuracy_equals_the_oracle(interval):
     num = 40 if interval == 0.01 else 14
     maps, boxes = benchmark_set(num, seed=3)

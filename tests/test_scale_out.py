@@ -166,6 +166,7 @@ def test_a_second_process_is_refused_naming_the_owner_and_a_killed_one_does_not_
     assert len((out / "results.jsonl").read_text().splitlines()) == 9
 
 
+@pytest.mark.slow
 def test_two_real_localize_processes_into_one_folder(photos: Path, tmp_path: Path):
     """Two `wsol localize` processes at once: one refused in one line (exit 2), the other writes each image once."""
     out = tmp_path / "out"

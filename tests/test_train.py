@@ -70,6 +70,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_matches_uninterrupted(synth: Path, tmp_path: Path) -> None:
     # 18 train images / batch 4 = 5 batches per epoch (last one short); 2 epochs, AdamW + cosine per step
     extra = {"optim.name": "adamw", "optim.lr": 0.001, "optim.warmup_epochs": 1}
@@ -109,6 +110,7 @@ def checkpoint(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "checkpoints" / "best.ckpt"
 
 
+@pytest.mark.slow
 def test_ddp_evaluation_equals_single_process(synth: Path, checkpoint: Path, tmp_path: Path) -> None:
     methods = ["cam", "cam+pas", "gradcam"]
     single = evaluate(load_config(None, tiny_overrides(synth, tmp_path / "one", **{"model.pool": "tap"})),
@@ -122,6 +124,7 @@ def test_ddp_evaluation_equals_single_process(synth: Path, checkpoint: Path, tmp
     assert double == single
 
 
+@pytest.mark.slow
 def test_ddp_spawn_training_reports_its_test_metrics(synth: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     summary = train(load_config(None, tiny_overrides(synth, out, **{
@@ -228,6 +231,7 @@ def test_config_errors(synth: Path, tmp_path: Path) -> None:
         train(config, quiet=True)
 
 
+@pytest.mark.slow
 def test_cli_one_line_error(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", "from wsol.cli import run; run()", "train", "trainer.epochz=3"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
