@@ -3,8 +3,7 @@ the synthetic benchmark. Names are imported on first use, so that ``wsol --help`
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wsol.lazy import lazy_exports
 
 _EXPORTS = {
     "ClassFolderDataset": "datasets", "WSOLDataset": "datasets", "check_data_root": "datasets",
@@ -18,9 +17,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'wsol.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"wsol.data.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

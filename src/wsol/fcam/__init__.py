@@ -4,8 +4,7 @@ Names are imported on first use, so that the command line (``wsol.fcam.cli``) st
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wsol.lazy import lazy_exports
 
 _EXPORTS = {
     "fcam_checkpoint": "checkpoint", "is_fcam_checkpoint": "checkpoint", "load_fcam": "checkpoint",
@@ -20,9 +19,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'wsol.fcam' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"wsol.fcam.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

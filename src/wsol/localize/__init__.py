@@ -3,8 +3,7 @@ on first use (the CRF needs torch; boxes and the score-map checks do not)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wsol.lazy import lazy_exports
 
 _EXPORTS = {
     **{name: "boxes" for name in ("box_iou", "boxes_from_map", "boxes_from_maps", "contour_boxes", "mask_from_map",
@@ -17,9 +16,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'wsol.localize' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"wsol.localize.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

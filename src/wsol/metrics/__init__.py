@@ -4,8 +4,7 @@ on first use, so that ``wsol evaluate`` does not load torch."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wsol.lazy import lazy_exports
 
 _EXPORTS = {
     "BoxAccuracy": "box_accuracy", "PixelAP": "pixel_ap",
@@ -15,9 +14,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'wsol.metrics' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"wsol.metrics.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
