@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torchmetrics import Metric
 
 from wsol.errors import WSOLError
+from wsol.metrics._counters import CounterMetric
 from wsol.metrics.counts import (
     BOX_STATES,
     FIXED_THRESHOLD,
@@ -41,7 +41,7 @@ __all__ = ["FIXED_THRESHOLD", "LARGEST_IOU", "MIN_CAM_CURVE_INTERVAL", "BoxAccur
            "threshold_hits", "threshold_list"]
 
 
-class BoxAccuracy(Metric):
+class BoxAccuracy(CounterMetric):
     """GT-known box accuracy over thresholds: MaxBoxAcc, MaxBoxAccV2, and Top-1/Top-5 Loc.
 
     ``update(score_maps, gt_boxes, logits=None, labels=None)`` takes a batch of score maps (B, H, W) in
@@ -53,6 +53,8 @@ class BoxAccuracy(Metric):
     per IoU criterion (MaxBoxAccV2), summed across processes (:meth:`state_arrays` / :meth:`add_arrays`
     move them to and from plain arrays, e.g. for shards).
     """
+
+    STATES = BOX_STATES
 
     full_state_update = False
     higher_is_better = True
@@ -82,17 +84,6 @@ class BoxAccuracy(Metric):
             top1 = (top[:, :1] == labels).any(1).cpu().numpy()
             top5 = (top == labels).any(1).cpu().numpy()
         self.add_arrays(box_increments(largest, every, top1, top5))
-
-    def add_arrays(self, state: dict[str, np.ndarray]) -> None:
-        """Add counters given as arrays (a batch's increments, or another process's :meth:`state_arrays`)."""
-        for name, value in state.items():
-            current = getattr(self, name)
-            setattr(self, name, current + torch.as_tensor(np.asarray(value), dtype=current.dtype,
-                                                          device=current.device))
-
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        """The counters as int64 arrays (:data:`wsol.metrics.counts.BOX_STATES`)."""
-        return {name: getattr(self, name).cpu().numpy().astype(np.int64) for name in BOX_STATES}
 
     def curves(self) -> dict[str, np.ndarray]:
         """BoxAcc (%) per threshold: ``largest`` (T,) at IoU 50, ``all`` (I, T) per IoU criterion."""

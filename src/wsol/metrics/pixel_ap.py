@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torchmetrics import Metric
 
+from wsol.metrics._counters import CounterMetric
 from wsol.metrics.counts import (
     PIXEL_STATES,
     empty_pixel_state,
@@ -25,8 +25,10 @@ from wsol.metrics.counts import (
 )
 
 
-class PixelAP(Metric):
+class PixelAP(CounterMetric):
     """``update(score_maps, gt_masks, ignore_masks=None)`` with maps (B, H, W) in [0, 1] and bool masks."""
+
+    STATES = PIXEL_STATES
 
     full_state_update = False
     higher_is_better = True
@@ -47,17 +49,6 @@ class PixelAP(Metric):
             ignore_masks = ignore_masks.detach().cpu().numpy()
         counts = pixel_counts(maps, masks, ignore_masks, self.edges, self.cam_curve_interval, names)
         self.add_arrays({"fg_hist": counts[0], "bg_hist": counts[1], "num_images": np.int64(len(maps))})
-
-    def add_arrays(self, state: dict[str, np.ndarray]) -> None:
-        """Add counters given as arrays (a batch's, or another process's :meth:`state_arrays`)."""
-        for name, value in state.items():
-            current = getattr(self, name)
-            setattr(self, name, current + torch.as_tensor(np.asarray(value), dtype=current.dtype,
-                                                          device=current.device))
-
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        """The counters as int64 arrays (:data:`wsol.metrics.counts.PIXEL_STATES`)."""
-        return {name: getattr(self, name).cpu().numpy().astype(np.int64) for name in PIXEL_STATES}
 
     def curves(self) -> dict[str, np.ndarray]:
         """Precision, recall and IoU at each bin edge from the top, as the reference arranges them."""
