@@ -116,3 +116,51 @@ def test_published_maps_equal_the_authors_functions(replknet: tuple[RepLKNet, Pa
     else:  # a BN scale > 0 scales each channel, which PC1's per-channel min-max undoes: only the frame rule differs
         for a, b in zip(ours, out.maps):
             assert torch.allclose(a, b, atol=1e-4) or torch.allclose(a, 1 - b, atol=1e-4)
+
+
+def _frame_map(extra: tuple[int, int] | None, count: int) -> torch.Tensor:
+    """A 6 x 6 map with ``count`` pixels on (1.0) in the authors' frame (row / column 0, the last two rows and
+    columns), plus one more at ``extra`` (inside), the rest 0: on = above the mean."""
+    frame = [(0, j) for j in range(6)] + [(i, 0) for i in range(1, 6)] + [(4, j) for j in range(1, 6)]
+    m = torch.zeros(1, 6, 6)
+    for i, j in frame[:count]:
+        m[0, i, j] = 1.0
+    if extra is not None:
+        m[0, extra[0], extra[1]] = 1.0
+    return m
+
+
+def test_published_frame_rule_by_hand() -> None:
+    from wsol.cams.pc1 import published_frame_is_on
+
+    # the authors divide by (side - 1) * 4 = 20 at side 6 and flip when more than half is on: 11 yes, 10 no
+    assert published_frame_is_on(_frame_map(None, 11)).tolist() == [True]
+    assert published_frame_is_on(_frame_map(None, 10)).tolist() == [False]
+    # pixels just inside their slice [1:4, 1:4] (rows / columns 1..3) never count: (3, 2), (2, 3), (2, 1)
+    for inside in ((3, 2), (2, 3), (2, 1), (1, 1), (3, 3)):
+        assert published_frame_is_on(_frame_map(inside, 10)).tolist() == [False], inside
+    # (4, 2) and (2, 4) are in their frame (the second-to-last row / column), unlike the true one-pixel ring
+    assert published_frame_is_on(_frame_map((2, 4), 10)).tolist() == [True]
+
+
+def test_pc1_default_is_ours_and_as_published_the_authors() -> None:
+    from wsol.cams.pc1 import first_component, frame_is_on, pc1_maps, pc1_maps_as_published, published_frame_is_on
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):  # features whose two frame rules disagree (the authors' counts the second ring too)
+        f = torch.randn(1, 8, 6, 6, generator=gen)
+        w = torch.randn(2, 8, generator=gen)
+        stub = Stub(f, w)
+        k = 1 - int(stub.logits_from_features(f).argmax())  # the class that is not the top-1
+        first = first_component(f, w[k:k + 1])
+        if frame_is_on(first) != published_frame_is_on(first):
+            break
+    else:
+        pytest.fail("no features found where the two frame rules disagree")
+    x = torch.zeros(1, 3, 8, 8)
+    ours = compute_cams(stub, x, k, "pc1")
+    theirs = compute_cams(stub, x, k, "pc1", as_published=True)  # the explicit target, not the top-1
+    torch.testing.assert_close(ours.maps, pc1_maps(f, w[k:k + 1]))
+    torch.testing.assert_close(theirs.maps, pc1_maps_as_published(f, w[k:k + 1]))
+    torch.testing.assert_close(theirs.maps, 1 - ours.maps)
+    assert theirs.targets.tolist() == [k]
