@@ -164,3 +164,13 @@ def test_pc1_default_is_ours_and_as_published_the_authors() -> None:
     torch.testing.assert_close(theirs.maps, pc1_maps_as_published(f, w[k:k + 1]))
     torch.testing.assert_close(theirs.maps, 1 - ours.maps)
     assert theirs.targets.tolist() == [k]
+
+
+def test_pc1_ignores_the_scale_of_the_features() -> None:
+    """Each channel is min-max normalised first: features scaled by 0.01 (ranges far below 1) give the same PC1."""
+    from wsol.cams.pc1 import pc1_maps, pc1_maps_as_published
+
+    f = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(3))
+    w = torch.randn(2, 8, generator=torch.Generator().manual_seed(4))
+    for maps in (pc1_maps, pc1_maps_as_published):
+        torch.testing.assert_close(maps(f * 0.01, w), maps(f, w), atol=1e-5, rtol=1e-5)
