@@ -50,15 +50,17 @@ class Prepared:
 
 
 @contextmanager
-def building(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def building(out: str | Path, overwrite: bool = False,
+             check_replaceable: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside ``out`` to fill; on success it becomes ``out``, on error it is removed.
 
-    An existing ``out`` must be empty, or (with ``overwrite``) a folder an earlier preparation wrote and
-    nothing else: a folder holding anything else is never replaced.
+    An existing ``out`` must be empty, or (with ``overwrite``) a folder that ``check_replaceable`` accepts (by
+    default: one an earlier preparation wrote and nothing else): a folder holding anything else is never replaced.
     """
+    check = check_replaceable or _check_replaceable
     out = Path(out).absolute()
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        _check_replaceable(out)
+        check(out)
         if not overwrite:
             raise WSOLError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,7 @@ def building(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         if out.exists():
             if any(out.iterdir()):  # again: files may have been put there in the meantime
-                _check_replaceable(out)
+                check(out)
             old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
             out.rename(old / out.name)
             tmp.rename(out)

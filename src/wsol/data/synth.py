@@ -33,8 +33,6 @@ from __future__ import annotations
 import colorsys
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -43,6 +41,7 @@ import cv2
 import numpy as np
 
 from wsol.data.metadata import Record, write_class_names, write_split
+from wsol.data.sources import building
 from wsol.data.synth_config import (
     _DATASET_ENTRIES,
     GENERATOR,
@@ -367,26 +366,8 @@ def generate(
     (never a folder with anything else in it). Returns the output folder.
     """
     out = Path(out_dir).absolute()
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        _check_replaceable(out)
-        if not overwrite:
-            raise WSOLError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
+    with building(out, overwrite, _check_replaceable) as tmp:
         _generate_into(config, tmp, progress)
-        if out.exists():
-            if any(out.iterdir()):  # again: files may have been put there while the dataset was being built
-                _check_replaceable(out)
-            old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
