@@ -41,6 +41,7 @@ JOBS="${MUTATION_JOBS:-2}"
 declare -A MODULE_TESTS=(
     [metrics/box_accuracy]="tests/test_metrics.py tests/test_pinned_metrics.py tests/test_mutants_metrics.py"
     [metrics/pixel_ap]="tests/test_metrics.py tests/test_mutants_metrics.py"
+    [metrics/counts]="tests/test_metrics.py tests/test_pinned_metrics.py tests/test_scale_out.py tests/test_mutants_metrics.py"
     [metrics/_kernels]="tests/test_mutants_kernels.py tests/test_metrics.py::test_pixel_bins_equal_numpy_histogram_at_and_around_every_edge"
     [metrics/scoremaps]="tests/test_evaluate_cli.py tests/test_mutants_metrics.py"
     [localize/maps]="tests/test_metrics.py tests/test_crf.py tests/test_pinned_maps.py tests/test_mutants_localize.py"
@@ -66,7 +67,7 @@ declare -A MODULE_TESTS=(
 declare -A MODULE_FUNCTIONS=(
     [localize/run]="x_boxes_with_scores x_scale_boxes x_localize_images"
 )
-ORDER=(metrics/box_accuracy metrics/pixel_ap metrics/_kernels metrics/scoremaps
+ORDER=(metrics/box_accuracy metrics/pixel_ap metrics/counts metrics/_kernels metrics/scoremaps
        localize/maps localize/boxes localize/variants localize/crf
        cams/base cams/_gradient cams/cam cams/pc1 cams/gradcam cams/gradcampp cams/smoothgradcampp
        cams/xgradcam cams/layercam cams/eigencam
