@@ -36,8 +36,9 @@ import timm
 import torch
 from PIL import Image
 
+from wsol.data.datasets import ImageSource
 from wsol.data.transforms import normalize_batch
-from wsol.localize.run import ImageSource, LocalizeOptions, localize_images
+from wsol.localize.folder import LocalizeOptions, localize_images
 from wsol.models import EMBEDDED_MODEL, build_model
 from wsol.models.inference import inference_copy
 from wsol.runtime import tune_cpu_allocator

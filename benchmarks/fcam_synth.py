@@ -137,7 +137,7 @@ def step_overlay(model: torch.nn.Module, synth: Path, size: int, path: Path, n: 
     """Rows: test images; columns: image, CAM, F-CAM (jet heat maps over the image, GT boxes in green)."""
     from wsol.cams import compute_cams
     from wsol.data.metadata import Metadata
-    from wsol.localize.maps import to_score_maps
+    from wsol.maps.normalize import to_score_maps
 
     meta = Metadata.load(synth / "metadata" / "test")
     ids = meta.image_ids[:: max(1, len(meta.image_ids) // n)][:n]

@@ -20,9 +20,9 @@ import torch
 
 from wsol.cams import compute_cams
 from wsol.data.images import find_images, load_image
-from wsol.localize.boxes import box_iou, boxes_from_map
-from wsol.localize.maps import to_score_maps
-from wsol.localize.run import load_model, preprocessing
+from wsol.localize.pipeline import load_model, preprocessing
+from wsol.maps.boxes import box_iou, boxes_from_map
+from wsol.maps.normalize import to_score_maps
 from wsol.samples import write_samples
 
 

@@ -28,8 +28,8 @@ import torch
 
 from wsol.data.metadata import Metadata
 from wsol.data.synth import SynthConfig, generate, is_current
-from wsol.localize.boxes import boxes_from_map
-from wsol.localize.variants import MapVariant
+from wsol.maps.boxes import boxes_from_map
+from wsol.maps.variants import MapVariant
 from wsol.train.config import load_config
 from wsol.train.data import build_transforms
 from wsol.train.run import load_checkpoint_model, train

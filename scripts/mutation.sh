@@ -4,7 +4,7 @@
 #
 # Usage:
 #   bash scripts/mutation.sh                      # every module of the map below
-#   bash scripts/mutation.sh metrics/box_accuracy localize/crf     # some of them (src/wsol/... paths work too)
+#   bash scripts/mutation.sh metrics/box_accuracy maps/crf     # some of them (src/wsol/... paths work too)
 #   MUTATION_JOBS=1 MUTATION_DIR=/tmp/mut bash scripts/mutation.sh cams/cam
 #
 # Each module runs in its own scratch copy ($MUTATION_DIR/<module>, default /tmp/wsol-mutation): mutmut
@@ -44,13 +44,15 @@ declare -A MODULE_TESTS=(
     [metrics/counts]="tests/test_metrics.py tests/test_pinned_metrics.py tests/test_scale_out.py tests/test_mutants_metrics.py"
     [metrics/_kernels]="tests/test_mutants_kernels.py tests/test_metrics.py::test_pixel_bins_equal_numpy_histogram_at_and_around_every_edge"
     [metrics/scoremaps]="tests/test_evaluate_cli.py tests/test_mutants_metrics.py"
-    [localize/maps]="tests/test_metrics.py tests/test_crf.py tests/test_pinned_maps.py tests/test_mutants_localize.py"
-    [localize/boxes]="tests/test_metrics.py tests/test_pinned_maps.py tests/test_mutants_localize.py"
-    [localize/variants]="tests/test_cams.py tests/test_pinned_maps.py tests/test_mutants_localize.py"
-    [localize/crf]="tests/test_crf.py tests/test_pinned_crf.py tests/test_mutants_localize.py"
-    [localize/run]="tests/test_localize_cli.py tests/test_pinned_localize.py tests/test_mutants_localize.py"
-    [cams/base]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py"
-    [cams/_gradient]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py"
+    [metrics/split]="tests/test_split_evaluator.py tests/test_evaluate_cli.py"
+    [metrics/classification]="tests/test_split_evaluator.py"
+    [maps/normalize]="tests/test_metrics.py tests/test_crf.py tests/test_pinned_maps.py tests/test_mutants_localize.py"
+    [maps/boxes]="tests/test_metrics.py tests/test_pinned_maps.py tests/test_pinned_localize.py tests/test_mutants_localize.py"
+    [maps/variants]="tests/test_cams.py tests/test_pinned_maps.py tests/test_mutants_localize.py"
+    [maps/crf]="tests/test_crf.py tests/test_pinned_crf.py tests/test_mutants_localize.py"
+    [localize/folder]="tests/test_localize_cli.py tests/test_pinned_localize.py tests/test_mutants_localize.py"
+    [cams/base]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py tests/test_published_maps.py"
+    [cams/gradient]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py"
     [cams/cam]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py tests/test_published_maps.py"
     [cams/pc1]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py tests/test_published_maps.py"
     [cams/gradcam]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py"
@@ -65,13 +67,13 @@ declare -A MODULE_TESTS=(
 )
 # the modules of which only some functions are mutated (mutmut's mutant-name globs)
 declare -A MODULE_FUNCTIONS=(
-    [localize/run]="x_boxes_with_scores x_scale_boxes x_localize_images"
+    [localize/folder]="x_run_config x__localize_images"
 )
 ORDER=(metrics/box_accuracy metrics/pixel_ap metrics/counts metrics/_kernels metrics/scoremaps
-       localize/maps localize/boxes localize/variants localize/crf
-       cams/base cams/_gradient cams/cam cams/pc1 cams/gradcam cams/gradcampp cams/smoothgradcampp
+       metrics/split metrics/classification maps/normalize maps/boxes maps/variants maps/crf
+       cams/base cams/gradient cams/cam cams/pc1 cams/gradcam cams/gradcampp cams/smoothgradcampp
        cams/xgradcam cams/layercam cams/eigencam
-       fcam/losses fcam/sampling data/metadata localize/run)
+       fcam/losses fcam/sampling data/metadata localize/folder)
 
 modules=()
 for arg in "${@:-${ORDER[@]}}"; do

@@ -95,7 +95,7 @@ def test_shares_and_channel_count_of_a_constructed_feature_map() -> None:
 
 
 def test_histograms_match_an_independent_count() -> None:
-    from wsol.localize.maps import to_score_maps
+    from wsol.maps.normalize import to_score_maps
 
     f = known_features()[None]
     fg = boxes_mask(BOX)

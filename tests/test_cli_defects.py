@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import wsol.localize.run as run_module
+import wsol.localize.folder as folder_module
+import wsol.localize.pipeline as pipeline_module
 from wsol.cli import app
 from wsol.errors import Interrupted, WSOLError, WSOLWarning
 
@@ -36,7 +37,7 @@ def tiny_model(monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
 
     torch.manual_seed(0)
     net = build_model("resnet10t", num_classes=3).eval()
-    monkeypatch.setattr(run_module, "load_model", lambda name=None, checkpoint=None, **_: net)
+    monkeypatch.setattr(pipeline_module, "load_model", lambda name=None, checkpoint=None, **_: net)
     return net
 
 
@@ -134,7 +135,7 @@ def test_head_cue_accepts_colour(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ checkpoints
 def test_model_contradicting_an_fcam_checkpoint_is_refused(tmp_path: Path) -> None:
     from wsol.fcam import FCAM, save_fcam
-    from wsol.localize.run import load_model
+    from wsol.localize.pipeline import load_model
     from wsol.models import build_model
 
     path = save_fcam(FCAM(build_model("resnet10t", num_classes=3)), tmp_path / "fcam.pt")
@@ -266,7 +267,7 @@ def test_ctrl_c_exits_130_with_a_resume_hint(tiny_model: torch.nn.Module, tmp_pa
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_module, "localize_images", interrupted)
+    monkeypatch.setattr(folder_module, "localize_images", interrupted)
     monkeypatch.setattr(sys, "argv", ["wsol", "localize", str(_photos(tmp_path / "p")), "--out", str(tmp_path / "o")])
     previous = signal.getsignal(signal.SIGINT)
     try:

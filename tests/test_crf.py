@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wsol.errors import WSOLError
-from wsol.localize.crf import crf_refine
+from wsol.maps.crf import crf_refine
 
 
 def brute_force_mean_field(image, score_map, iterations, sigma_rgb, sigma_xy, w_app, sigma_smooth, w_smooth):

@@ -128,8 +128,8 @@ def test_exact_source_and_batch_normalisation_equal_the_eval_transform(tmp_path,
     """The split path of `wsol localize` feeds the model bit for bit what `wsol train` evaluates on."""
     import torch
 
+    from wsol.data.datasets import ImageSource, collate_images
     from wsol.data.transforms import eval_transform, normalize_batch
-    from wsol.localize.run import ImageSource, collate_images
 
     path = _photo(tmp_path, name)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -143,7 +143,7 @@ def test_exact_source_and_batch_normalisation_equal_the_eval_transform(tmp_path,
 @pytest.mark.parametrize(("size", "mean_diff"), [((1200, 800), 0.05), ((2400, 1600), 0.3)],
                          ids=["full-decode", "half-scale-draft"])
 def test_fast_source_is_pil_up_to_rounding_and_keeps_the_aspect_for_display(tmp_path, size, mean_diff):
-    from wsol.localize.run import ImageSource
+    from wsol.data.datasets import ImageSource
 
     path = _photo(tmp_path, "wide.jpg", size=size)
     item = ImageSource([path], 224, "bicubic", display_size=512)[0]
@@ -160,7 +160,7 @@ def test_fast_source_is_pil_up_to_rounding_and_keeps_the_aspect_for_display(tmp_
 def test_default_workers_leave_the_cpu_to_the_model():
     import torch
 
-    from wsol.localize.run import default_workers
+    from wsol.data.datasets import default_workers
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert [default_workers(cpu, n) for n in (1, 2, 3, 4, 8, 16, 64)] == [0, 0, 0, 1, 2, 4, 4]

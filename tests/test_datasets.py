@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -11,10 +13,10 @@ from wsol.data import (
     HALF_MEAN_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ClassFolderDataset,
+    ImageList,
+    LabeledImages,
     Metadata,
     SynthConfig,
-    WSOLDataset,
     check_data_root,
     eval_transform,
     generate,
@@ -53,9 +55,9 @@ def test_train_transform_crop_and_errors():
         eval_transform(std=(0.5, 0.0, 0.5))
 
 
-def test_wsol_dataset_items(synth):
+def test_labeled_images_of_a_wsol_split(synth):
     meta = Metadata.load(synth / "metadata" / "test")
-    dataset = WSOLDataset(meta, synth / "images")
+    dataset = LabeledImages(ImageList.from_metadata(meta, synth / "images"), eval_transform())
     assert len(dataset) == 4
     for index in range(len(dataset)):
         x, label, i = dataset[index]
@@ -76,19 +78,22 @@ def test_check_data_root_names_the_first_missing_image(synth, tmp_path):
         check_data_root(meta, tmp_path)
 
 
-def test_class_folder_dataset_sorted_classes(synth, tmp_path):
-    dataset = ClassFolderDataset(synth / "images" / "train")
-    assert dataset.classes == TINY.class_names()  # sorted names = the generator's label order
+def test_class_folders_sorted_classes(synth, tmp_path):
+    images = ImageList.from_class_folders(synth / "images" / "train")
     meta = Metadata.load(synth / "metadata" / "train")
-    assert [(p.relative_to(synth / "images").as_posix(), k) for p, k in dataset.samples] == sorted(
+    # sorted folder names = the generator's label order
+    assert [(f"train/{Path(i).as_posix()}", k) for i, k in zip(images.image_ids, images.labels)] == sorted(
         meta.labels.items()
     )
-    x, label, index = dataset[3]
+    assert sorted(set(images.labels)) == list(range(len(TINY.class_names())))
+    images = ImageList.from_class_folders(synth / "images" / "train", classes=list(reversed(TINY.class_names())))
+    assert images.labels[0] == len(TINY.class_names()) - 1  # the given order labels the folders
+    x, label, index = LabeledImages(ImageList.from_class_folders(synth / "images" / "train"), eval_transform())[3]
     assert x.shape == (3, 224, 224) and (label, index) == (1, 3)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.png")
     with pytest.raises(WSOLError, match="b: class folder has no image files"):
-        ClassFolderDataset(tmp_path)
+        ImageList.from_class_folders(tmp_path)
 
 

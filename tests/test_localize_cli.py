@@ -11,11 +11,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import wsol.localize.run as run_module
+import wsol.localize.pipeline as pipeline_module
 from wsol.cli import app
 from wsol.data.images import find_image_files, read_image
 from wsol.errors import WSOLError
-from wsol.localize.run import ResultsLog, resolve_target, scale_boxes
+from wsol.localize.folder import ResultsLog
+from wsol.localize.pipeline import resolve_target
+from wsol.maps.boxes import scale_boxes
 from wsol.samples import SAMPLES, write_samples
 
 runner = CliRunner()
@@ -31,7 +33,7 @@ def embedded():
 @pytest.fixture(autouse=True)
 def cached_model(monkeypatch, embedded):
     """Build the embedded model once per module; the CLI's load_model returns it."""
-    monkeypatch.setattr(run_module, "load_model", lambda name=None, checkpoint=None, **_: embedded)
+    monkeypatch.setattr(pipeline_module, "load_model", lambda name=None, checkpoint=None, **_: embedded)
 
 
 GOOD = ("chelsea_cat.png", "coffee_cup.png", "gray.png", "rgba.png", "depth16.png", "sub/rocket.jpg")
@@ -250,7 +252,8 @@ def test_metadata_split_scoremaps_and_evaluate(mixed: Path, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_metadata_split_with_crf_refines_the_protocol_maps(mixed: Path, tmp_path: Path) -> None:
     """--crf on a split: each saved map is the CRF of the plain 224 x 224 map against the 224 x 224 image."""
-    from wsol.localize.run import ImageSource, crf_on_images
+    from wsol.data.datasets import ImageSource
+    from wsol.maps.crf import crf_on_images
 
     split = tmp_path / "meta"
     split.mkdir()
@@ -307,7 +310,7 @@ def test_helpers(tmp_path: Path) -> None:
     assert [p.name for p in find_image_files([tmp_path]).ignored] == ["notes.txt"]
     from types import SimpleNamespace
 
-    from wsol.localize.run import preprocessing
+    from wsol.localize.pipeline import preprocessing
 
     broken = SimpleNamespace(name="m", data_config={"input_size": (3, 0, 0), "mean": (0.5,) * 3, "std": (0.5,) * 3})
     with pytest.raises(WSOLError, match="'m': unusable preprocessing in its data_config .input size 0"):

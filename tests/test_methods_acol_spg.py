@@ -22,8 +22,8 @@ from upstream import wsolevaluation as wse
 from wsol.cams import compute_cams
 from wsol.errors import WSOLError
 from wsol.methods import METHODS, check_method, get_training_method
-from wsol.methods._protocol import class_map, normalize_tensor
 from wsol.methods.acol import erase_attention
+from wsol.methods.protocol import class_map, normalize_tensor
 from wsol.methods.spg import SPG, SpgOutput, attention_loss, spg_attention, spg_loss, spg_mask
 from wsol.models import build_model, load
 from wsol.train.config import MethodConfig

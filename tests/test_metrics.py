@@ -9,7 +9,7 @@ import torch
 from protocol_oracle import oracle_box_accuracy, oracle_boxes, oracle_pxap
 from scoremap_cases import benchmark_set, corner_case_maps, random_gt_boxes, smooth_map
 from wsol.errors import WSOLError
-from wsol.localize import (
+from wsol.maps import (
     box_iou,
     boxes_from_map,
     boxes_from_maps,
@@ -61,8 +61,8 @@ def test_threshold_is_strict_and_relative_to_the_uint8_max():
 def test_percentile_reference_pas():
     score_map = np.linspace(0, 1, 100, dtype=np.float32).reshape(10, 10)
     # the 90th percentile of the uint8 map is far below its max, so PaS keeps more pixels
-    classic = boxes_from_map(score_map, 0.9, reference=100)
-    pas = boxes_from_map(score_map, 0.9, reference=90)
+    classic = boxes_from_map(score_map, 0.9, percentile=100)
+    pas = boxes_from_map(score_map, 0.9, percentile=90)
     assert classic[0, 1] > pas[0, 1]
 
 

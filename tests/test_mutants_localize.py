@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wsol.errors import WSOLError
-from wsol.localize.boxes import (
+from wsol.maps.boxes import (
     box_iou,
     boxes_from_map,
     boxes_from_maps,
@@ -20,9 +20,9 @@ from wsol.localize.boxes import (
     to_uint8,
     trace_boxes,
 )
-from wsol.localize.crf import bilateral_features, crf_refine, dense_gaussian_filter
-from wsol.localize.maps import check_score_map, minmax_normalize, resize_map, resize_maps
-from wsol.localize.variants import MapVariant, pas_normalize
+from wsol.maps.crf import bilateral_features, crf_refine, dense_gaussian_filter
+from wsol.maps.normalize import check_score_map, minmax_normalize, pas_normalize, resize_map, resize_maps
+from wsol.maps.variants import MapVariant
 
 # ---------------------------------------------------------------------------------------------- maps.py
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsol.localize.crf import crf_refine
+from wsol.maps.crf import crf_refine
 
 SETTINGS = {"iterations": 3, "sigma_rgb": 40.0, "sigma_xy": 6.0, "bilateral_weight": 2.0, "smooth_sigma_xy": 2.5,
             "smooth_weight": 1.5}

@@ -19,11 +19,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import wsol.localize.run as run_module
+import wsol.localize.pipeline as pipeline_module
 from wsol.cams import CAMOutput
 from wsol.cli import app
-from wsol.localize import box_iou
-from wsol.localize.run import boxes_with_scores, preprocessing
+from wsol.localize.pipeline import preprocessing
+from wsol.maps import box_iou
+from wsol.maps.boxes import boxes_with_scores
 
 runner = CliRunner()
 NUM_CLASSES = 3
@@ -67,8 +68,8 @@ class StandIn:
 def stand_in(monkeypatch, tiny_model):
     def install(plans: dict[int, np.ndarray]) -> StandIn:
         fake = StandIn(plans)
-        monkeypatch.setattr(run_module, "compute_cams", fake)
-        monkeypatch.setattr(run_module, "load_model", lambda name=None, checkpoint=None, **_: tiny_model)
+        monkeypatch.setattr(pipeline_module, "compute_cams", fake)
+        monkeypatch.setattr(pipeline_module, "load_model", lambda name=None, checkpoint=None, **_: tiny_model)
         return fake
 
     return install

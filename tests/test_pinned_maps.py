@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from wsol.localize import resize_map, resize_maps, threshold_value, to_score_maps
-from wsol.localize.boxes import mask_from_map
-from wsol.localize.variants import MapVariant, pas_normalize
+from wsol.maps import resize_map, resize_maps, threshold_value, to_score_maps
+from wsol.maps.boxes import mask_from_map
+from wsol.maps.normalize import pas_normalize
+from wsol.maps.variants import MapVariant
 
 A = -0.75  # OpenCV's bicubic coefficient
 

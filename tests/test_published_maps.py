@@ -14,7 +14,7 @@ from torch import nn
 from upstream.cam_back_again import get_feature_maps, get_heatmap_from_features, replknet_layout
 from wsol.cams import compute_cams
 from wsol.errors import WSOLError
-from wsol.localize.variants import MapVariant
+from wsol.maps.variants import MapVariant
 from wsol.models import load
 from wsol.models.replknet import RepLKNet
 

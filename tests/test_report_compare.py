@@ -28,7 +28,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     """A synthetic split, a random resnet10t checkpoint (wsol train's format), an earlier run's score maps
     (cam with the report's settings, gradcam with another image size) and the report made from them."""
     from wsol.data.synth import SynthConfig, generate
-    from wsol.localize.run import localize_split
+    from wsol.localize.split import localize_split
     from wsol.models import build_model
 
     base = tmp_path_factory.mktemp("report")
@@ -64,7 +64,7 @@ def _report(paths: dict, out: Path, *extra: str):
 
 def test_metrics_equal_localize_split(setup: dict) -> None:
     from wsol.data.metadata import Metadata
-    from wsol.localize.run import localize_split
+    from wsol.localize.split import localize_split
     from wsol.metrics.scoremaps import evaluate_scoremaps
     from wsol.models import load
 

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import wsol.localize.run as run_module
+import wsol.localize.folder as folder_module
+import wsol.localize.pipeline as pipeline_module
 from wsol.cli import app, run
 from wsol.errors import WSOLError
 from wsol.localize.shards import in_shard, parse_shard, shard_of
@@ -36,7 +37,7 @@ def embedded():
 
 @pytest.fixture(autouse=True)
 def cached_model(monkeypatch, embedded):
-    monkeypatch.setattr(run_module, "load_model", lambda name=None, checkpoint=None, **_: embedded)
+    monkeypatch.setattr(pipeline_module, "load_model", lambda name=None, checkpoint=None, **_: embedded)
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +224,7 @@ def test_out_of_memory_anywhere_is_one_line_naming_the_setting(photos, tmp_path,
     def fail(*_args, **_kwargs):
         raise error
 
-    monkeypatch.setattr(run_module, "localize_images", fail)
+    monkeypatch.setattr(folder_module, "localize_images", fail)
     monkeypatch.setattr(sys, "argv", ["wsol", "localize", str(photos), "--out", str(tmp_path / "o"), "-q"])
     with pytest.raises(SystemExit) as exit_info:
         run()
@@ -240,7 +241,7 @@ def test_other_runtime_errors_keep_their_traceback(monkeypatch, tmp_path, photos
     def fail(*_args, **_kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(run_module, "localize_images", fail)
+    monkeypatch.setattr(folder_module, "localize_images", fail)
     monkeypatch.setattr(sys, "argv", ["wsol", "localize", str(photos), "--out", str(tmp_path / "o"), "-q"])
     with pytest.raises(RuntimeError, match="a bug"):
         run()

@@ -142,7 +142,7 @@ def test_checkpoint_rebuilds_model_for_localize(checkpoint: Path, synth: Path) -
     assert model.class_names == names and len(names) == 3 and names[0].startswith("00_")
     state = _weights(checkpoint)
     assert torch.equal(model.head.fc.weight, state["model.head.fc.weight"])
-    from wsol.localize.run import load_model
+    from wsol.localize.pipeline import load_model
 
     other = load_model(None, checkpoint)  # what `wsol localize --checkpoint` calls today: weights load
     x = torch.randn(2, 3, 64, 64)
@@ -156,7 +156,8 @@ def test_checkpoint_rebuilds_model_for_localize(checkpoint: Path, synth: Path) -
 def test_localize_split_on_checkpoint_equals_its_evaluation(checkpoint: Path, synth: Path, tmp_path: Path) -> None:
     """The checkpoint records how its model was evaluated (64 px, bilinear, the recipe's mean/std), so
     ``wsol localize --metadata`` on it gives the numbers of ``wsol train``'s own test stage."""
-    from wsol.localize.run import load_model, localize_split, preprocessing
+    from wsol.localize.pipeline import load_model, preprocessing
+    from wsol.localize.split import localize_split
 
     model = load_model(None, checkpoint)
     assert preprocessing(model) == {"size": 64, "interpolation": "bilinear", "mean": (0.5, 0.4, 0.3),
@@ -186,7 +187,7 @@ def test_resume_with_another_model_is_one_line_and_changes_nothing(checkpoint: P
     with pytest.raises(WSOLError, match="--resume .*'resnet10t'.*config.yaml"):
         train(config, resume=True, quiet=True)
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # no config.yaml, no new log folder
-    from wsol.localize.run import load_model
+    from wsol.localize.pipeline import load_model
 
     with pytest.raises(WSOLError, match="model 'resnet18' contradicts .*'resnet10t'"):
         load_model("resnet18", checkpoint)
@@ -200,7 +201,7 @@ def test_divergence_stops_training_and_nan_weights_are_refused(checkpoint: Path,
     state = torch.load(checkpoint, weights_only=True)
     state["state_dict"]["model.head.fc.weight"][0, 0] = float("nan")
     torch.save(state, tmp_path / "nan.ckpt")
-    from wsol.localize.run import load_model
+    from wsol.localize.pipeline import load_model
 
     with pytest.raises(WSOLError, match="nan.ckpt: 1 weight tensors hold NaN or inf .first: head.fc.weight"):
         load_model(None, tmp_path / "nan.ckpt")

@@ -412,14 +412,9 @@ def localize(
         _merge_shards(paths[1:], out, quiet)
         return
     shard_k = parse_shard(shard)
-    from wsol.localize.run import (
-        LocalizeOptions,
-        default_map_method,
-        load_model,
-        localize_images,
-        localize_split,
-        preprocessing,
-    )
+    from wsol.localize.folder import LocalizeOptions, localize_images
+    from wsol.localize.pipeline import default_map_method, load_model, preprocessing
+    from wsol.localize.split import localize_split
 
     explicit_method = method is not None or as_published
     method = method or "cam"
@@ -534,7 +529,7 @@ def _merge_shards(outs: list[Path], out: Path | None, quiet: bool) -> None:
 
 def _published(method: str) -> str:
     """``--as-published``: the ``+published`` variant of cam / pc1 (before any +pas)."""
-    from wsol.localize.variants import MapVariant
+    from wsol.maps.variants import MapVariant
 
     base, _, rest = method.partition("+")
     spec = "+".join([base, "published"] + ([rest] if rest else []))

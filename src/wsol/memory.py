@@ -76,6 +76,8 @@ def activation_bytes(model: nn.Module, size: int, probe: int = PROBE_SIZE) -> in
 
     import torch
 
+    from wsol.modes import kept_modes
+
     param = next(model.parameters(), None)
     net = model if param is None or param.device.type == "cpu" else copy.deepcopy(model).cpu()
     dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
@@ -88,15 +90,13 @@ def activation_bytes(model: nn.Module, size: int, probe: int = PROBE_SIZE) -> in
                 total += tensor.numel() * tensor.element_size()
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if not list(m.children())]
-    was_training = net.training
-    net.eval()
     try:
-        with torch.no_grad():
+        with kept_modes(net), torch.no_grad():
+            net.eval()
             net(torch.zeros(1, 3, probe, probe, dtype=dtype))
     except Exception:  # noqa: BLE001 - a model with a fixed input size: no estimate
         return 0
     finally:
-        net.train(was_training)
         for handle in handles:
             handle.remove()
     return int(total * (size / probe) ** 2)

@@ -88,7 +88,7 @@ def erf(
     from wsol.analysis.inputs import image_batches, image_set, model_specs
     from wsol.analysis.plots import erf_figure
     from wsol.files import write_bytes, write_json
-    from wsol.localize.run import resolve_device
+    from wsol.localize.pipeline import resolve_device
 
     specs = model_specs(model, list(checkpoint or []), random_init)
     labels = [s.label for s in specs]

@@ -166,8 +166,8 @@ def batch_stats(f: Tensor, w: Tensor, foregrounds: Sequence[np.ndarray], ignores
     """Per-image analysis of a batch: F (B, C, h, w), the target's folded weights ``w`` (B, C), GT masks at
     EVAL_SIZE x EVAL_SIZE (and ignore masks), optionally the GT boxes at EVAL_SIZE (for the box IoUs)."""
     from wsol.cams.pc1 import pc1_maps
-    from wsol.localize.boxes import box_iou, boxes_from_map, mask_from_map
-    from wsol.localize.maps import to_score_maps
+    from wsol.maps.boxes import box_iou, boxes_from_map, mask_from_map
+    from wsol.maps.normalize import to_score_maps
 
     if f.ndim != 4 or w.shape != f.shape[:2]:
         raise WSOLError(f"features: expected F (B, C, h, w) and W (B, C), got {tuple(f.shape)} and {tuple(w.shape)}")
@@ -307,17 +307,10 @@ def analyze_split(split_dir: str | Path, data_root: str | Path, model: nn.Module
     the whole image resized to a square with PIL bilinear, the model's mean and std."""
     from wsol.analysis.inputs import classifier_of
     from wsol.cams.base import preserved_state, target_weights
-    from wsol.data.datasets import check_data_root
+    from wsol.data.datasets import ImageSource, check_data_root, collate_images, default_workers
     from wsol.data.metadata import Metadata, read_class_names
     from wsol.data.transforms import normalize_batch
-    from wsol.localize.run import (
-        ImageSource,
-        check_batching,
-        collate_images,
-        default_workers,
-        preprocessing,
-        resolve_device,
-    )
+    from wsol.localize.pipeline import check_batching, preprocessing, resolve_device
 
     if gt not in ("auto", "boxes", "masks"):
         raise WSOLError(f"--gt must be auto, boxes or masks, got {gt!r}")

@@ -33,7 +33,7 @@ class ModelSpec:
         return (self.name or EMBEDDED_MODEL) + (" (random init)" if self.random_init else "")
 
     def load(self) -> nn.Module:
-        from wsol.localize.run import load_model
+        from wsol.localize.pipeline import load_model
 
         if self.checkpoint is not None:
             return load_model(self.name, self.checkpoint)
@@ -119,7 +119,7 @@ def image_set(paths: Sequence[Path], metadata: Path | None, data_root: Path | No
 
 
 def preprocess_config(model: nn.Module) -> dict:
-    from wsol.localize.run import preprocessing
+    from wsol.localize.pipeline import preprocessing
 
     return preprocessing(classifier_of(model))
 
@@ -130,8 +130,8 @@ def image_batches(images: ImageSet, model: nn.Module, *, size: int, num_images: 
     """Normalised batches (B, 3, size, size) of the first ``num_images`` usable images, resized to a square
     (the authors: bicubic to 1024 x 1024) and normalised with the model's mean and std. Unreadable files
     are passed to ``on_skip`` and replaced by the next ones."""
+    from wsol.data.datasets import ImageSource, collate_images
     from wsol.data.transforms import normalize_batch
-    from wsol.localize.run import ImageSource, collate_images
 
     if num_images < 1:
         raise WSOLError(f"--num-images must be >= 1, got {num_images}")

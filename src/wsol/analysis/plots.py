@@ -6,25 +6,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from wsol.files import replacing  # noqa: E402
+from wsol.files import replacing
+from wsol.report.plots import agg_pyplot
 
 if TYPE_CHECKING:
+    from matplotlib.colors import Colormap
+    from matplotlib.figure import Figure
+
     from wsol.analysis.erf import ERFResult
     from wsol.analysis.features import FeatureAnalysis
 
 
-def _save(fig: plt.Figure, path: str | Path, dpi: int = 100) -> None:
+def _save(fig: Figure, path: str | Path, dpi: int = 100) -> None:
     try:
         with replacing(path) as tmp:
             fig.savefig(tmp, dpi=dpi, format="png")
     finally:
-        plt.close(fig)
+        agg_pyplot().close(fig)
 
 
 def _ratio_text(result: ERFResult) -> str:
@@ -35,19 +35,19 @@ def _ratio_text(result: ERFResult) -> str:
     return ", ".join(parts[:2]) + "\n" + ", ".join(parts[2:])
 
 
-def _erf_colours() -> matplotlib.colors.Colormap:
+def _erf_colours() -> Colormap:
     """The upper half of RdYlGn (yellow -> dark green): how the authors' seaborn heat map, centred at 0, shows
     a map in [0, 1]."""
     from matplotlib.colors import ListedColormap
 
-    return ListedColormap(plt.get_cmap("RdYlGn")(np.linspace(0.5, 1.0, 256)), name="erf")
+    return ListedColormap(agg_pyplot().get_cmap("RdYlGn")(np.linspace(0.5, 1.0, 256)), name="erf")
 
 
 def erf_figure(results: Sequence[ERFResult], path: str | Path, title: str = "") -> None:
     """The log-scaled ERF of each model side by side (shared colour scale [0, 1]), its area ratios below."""
     n = len(results)
     colours = _erf_colours()
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 1.0, 5.0), squeeze=False, layout="constrained")
+    fig, axes = agg_pyplot().subplots(1, n, figsize=(4.2 * n + 1.0, 5.0), squeeze=False, layout="constrained")
     image = None
     for ax, result in zip(axes[0], results):
         image = ax.imshow(result.scaled, cmap=colours, vmin=0, vmax=1, interpolation="nearest")
@@ -70,7 +70,7 @@ def features_figure(analysis: FeatureAnalysis, path: str | Path, title: str = ""
     per_class = analysis.per_class()
     edges = np.linspace(0, 1, analysis.bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = agg_pyplot().subplots(2, 2, figsize=(12, 8.5))
 
     ax = axes[0, 0]
     for key, label, colour in (("hist_in", "inside GT", "tab:green"), ("hist_out", "outside GT", "tab:red")):

@@ -21,8 +21,8 @@ class ACoLMap(CAMMethod):
     name = "acol"
 
     def compute(self, model: nn.Module, x: Tensor, explicit: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        from wsol.methods._protocol import normalize_tensor
         from wsol.methods.acol import acol_forward
+        from wsol.methods.protocol import normalize_tensor
 
         with torch.no_grad():
             out = acol_forward(model, x, explicit)  # the top-1 of branch A when no targets are given

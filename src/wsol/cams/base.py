@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from wsol.errors import WSOLError
+from wsol.modes import kept_modes
 
 Targets = None | str | int | Sequence[int] | Tensor
 
@@ -85,19 +86,17 @@ def pick_targets(explicit: Tensor | None, logits: Tensor) -> Tensor:
 def preserved_state(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
     """Run in eval mode (optional) and restore every module's train/eval flag and every parameter's
     ``requires_grad`` and ``.grad`` exactly as found, even on exceptions."""
-    modes = [(m, m.training) for m in model.modules()]
     params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    try:
-        if eval_mode:
-            model.eval()
-        yield
-    finally:
-        for m, t in modes:
-            m.training = t
-        for p, rg, g in params:
-            if p.requires_grad != rg:
-                p.requires_grad_(rg)
-            p.grad = g
+    with kept_modes(model):
+        try:
+            if eval_mode:
+                model.eval()
+            yield
+        finally:
+            for p, rg, g in params:
+                if p.requires_grad != rg:
+                    p.requires_grad_(rg)
+                p.grad = g
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module | None:

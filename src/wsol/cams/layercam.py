@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from wsol.cams._gradient import GradientCAM
+from wsol.cams.gradient import GradientCAM
 
 
 class LayerCAM(GradientCAM):

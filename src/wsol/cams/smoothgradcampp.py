@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wsol.cams._gradient import GradientCAM, activations_and_grads, gradcampp_weights
+from wsol.cams.gradient import GradientCAM, activations_and_grads, gradcampp_weights
 
 
 class SmoothGradCAMpp(GradientCAM):

@@ -6,7 +6,9 @@ from __future__ import annotations
 from wsol.lazy import lazy_exports
 
 _EXPORTS = {
-    "ClassFolderDataset": "datasets", "WSOLDataset": "datasets", "check_data_root": "datasets",
+    **{name: "datasets" for name in ("DISPLAY_SIZE", "ImageList", "ImageSource", "LabeledImages",
+                                     "check_data_root", "collate_images", "default_workers", "display_shape",
+                                     "image_loader")},
     "IMAGE_EXTENSIONS": "images", "find_image_files": "images", "find_images": "images", "load_image": "images",
     "read_image": "images",
     "EVAL_SIZE": "metadata", "Metadata": "metadata", "Record": "metadata", "write_split": "metadata",

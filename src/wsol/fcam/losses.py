@@ -37,7 +37,7 @@ from torch import Tensor
 
 from wsol.errors import WSOLError
 from wsol.fcam.sampling import IGNORE
-from wsol.localize.crf import bilateral_features, dense_gaussian_filter
+from wsol.maps.crf import bilateral_features, dense_gaussian_filter
 
 
 # ---------------------------------------------------------------------------------------------- pCE

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from wsol.errors import WSOLError
 from wsol.fcam.decoder import DECODER_CHANNELS, FCAMDecoder
+from wsol.modes import kept_modes
 
 
 def infer_feature_channels(classifier: nn.Module, input_size: int | None = None) -> list[int]:
@@ -23,14 +24,9 @@ def infer_feature_channels(classifier: nn.Module, input_size: int | None = None)
     size = input_size or int(getattr(classifier, "data_config", {}).get("input_size", (3, 224, 224))[-1])
     param = next(classifier.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    modes = [(m, m.training) for m in classifier.modules()]
-    try:
+    with kept_modes(classifier), torch.no_grad():
         classifier.eval()
-        with torch.no_grad():
-            feats = classifier.multiscale_features(torch.zeros(1, 3, size, size, device=device))
-    finally:
-        for m, t in modes:
-            m.training = t
+        feats = classifier.multiscale_features(torch.zeros(1, 3, size, size, device=device))
     return [int(f.shape[1]) for f in feats]
 
 

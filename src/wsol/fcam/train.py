@@ -35,7 +35,7 @@ from wsol.fcam.losses import FCAMLossWeights, LogBarrierSchedule, fcam_loss
 from wsol.fcam.model import FCAM
 from wsol.fcam.sampling import sample_pseudo_labels, upsample_cams
 from wsol.files import read_checkpoint
-from wsol.train.config import TrainConfig, _build, load_config
+from wsol.train.config import TrainConfig, build_section, load_config
 from wsol.train.data import WSOLDataModule
 from wsol.train.module import WSOLModule
 from wsol.train.run import load_checkpoint_model, read_checkpoint_meta, train
@@ -132,7 +132,7 @@ class FCAMModule(WSOLModule):
 
     def __init__(self, config: dict[str, Any], fcam: dict[str, Any], num_classes: int,
                  class_names: list[str] | None = None, test_methods: list[str] | None = None) -> None:
-        settings: FCAMSettings = _build(FCAMSettings, dict(fcam), "fcam.")
+        settings: FCAMSettings = build_section(FCAMSettings, dict(fcam), "fcam.")
         settings.check()
         meta = read_checkpoint_meta(settings.classifier)
         config = dict(config)

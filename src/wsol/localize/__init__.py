@@ -1,17 +1,19 @@
-"""From a raw map to score maps, thresholds, boxes and masks (explicit, named steps). Names are imported
-on first use (the CRF needs torch; boxes and the score-map checks do not)."""
+"""``wsol localize``, the job: a model's maps, boxes and overlays for folders of images
+(:mod:`~wsol.localize.folder`), and the score maps / metrics of a WSOL split (:mod:`~wsol.localize.split`),
+over one shared pipeline (:mod:`~wsol.localize.pipeline`); shards and their merge in
+:mod:`~wsol.localize.shards`. The map primitives it uses live in :mod:`wsol.maps`. Names are imported on
+first use."""
 
 from __future__ import annotations
 
 from wsol.lazy import lazy_exports
 
 _EXPORTS = {
-    **{name: "boxes" for name in ("box_iou", "boxes_from_map", "boxes_from_maps", "contour_boxes", "mask_from_map",
-                                  "masks_from_maps", "threshold_value", "threshold_values", "to_uint8",
-                                  "trace_boxes")},
-    "crf_refine": "crf",
-    **{name: "maps" for name in ("check_score_map", "minmax_normalize", "resize_map", "resize_maps",
-                                 "to_score_maps")},
+    **{name: "folder" for name in ("LocalizeOptions", "ResultsLog", "localize_images")},
+    **{name: "pipeline" for name in ("BatchResult", "Summary", "load_model", "localize_loader", "preprocessing",
+                                     "resolve_device", "resolve_target", "run_model")},
+    **{name: "split" for name in ("SCOREMAPS_RECORD", "localize_split")},
+    **{name: "shards" for name in ("merge", "parse_shard")},
 }
 __all__ = sorted(_EXPORTS)
 

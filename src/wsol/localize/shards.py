@@ -230,7 +230,7 @@ def _merge_split(outs: list[Path], shards: list[dict[str, Any]], out: Path) -> d
         if (shard_out / "scoremaps").is_dir():
             maps += _link_tree(shard_out / "scoremaps", out / "scoremaps")
     if maps:
-        from wsol.localize.run import SCOREMAPS_RECORD
+        from wsol.localize.split import SCOREMAPS_RECORD
 
         config = _same_settings([o / "scoremaps" for o in outs], SCOREMAPS_RECORD)
         write_text(out / "scoremaps" / SCOREMAPS_RECORD, json.dumps(config, indent=1) + "\n")

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsol.errors import WSOLError
-from wsol.methods._protocol import (
+from wsol.methods.base import TrainingMethod
+from wsol.methods.protocol import (
     INCEPTION_MIXED_6,
     INCEPTION_STEM,
     RESNET_STEM,
@@ -49,7 +50,6 @@ from wsol.methods._protocol import (
     resnet_channels,
     resnet_stem,
 )
-from wsol.methods.base import TrainingMethod
 
 HIDDEN = 1024  # channels of the branches' hidden maps (F)
 

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsol.errors import WSOLError
-from wsol.methods._protocol import (
+from wsol.methods.base import TrainingMethod
+from wsol.methods.protocol import (
     INCEPTION_MIXED_6,
     INCEPTION_STEM,
     RESNET_STEM,
@@ -61,7 +62,6 @@ from wsol.methods._protocol import (
     resnet_channels,
     resnet_stem,
 )
-from wsol.methods.base import TrainingMethod
 
 MASK_SIZE = 224  # upstream upsamples every map to 224 x 224 (the protocol's crop), whatever the input size
 IGNORE = 255.0  # a pseudo-label pixel that no loss sees

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from wsol.errors import WSOLError
 from wsol.metrics._counters import CounterMetric
 from wsol.metrics.counts import (
     BOX_STATES,
@@ -35,6 +34,7 @@ from wsol.metrics.counts import (
     grid_index,
     threshold_hits,
     threshold_list,
+    topk_hits,
 )
 
 __all__ = ["FIXED_THRESHOLD", "LARGEST_IOU", "MIN_CAM_CURVE_INTERVAL", "BoxAccuracy", "grid_index",
@@ -75,15 +75,8 @@ class BoxAccuracy(CounterMetric):
                names: Sequence[str] | None = None) -> None:
         maps = score_maps.detach().cpu().numpy() if isinstance(score_maps, torch.Tensor) else np.asarray(score_maps)
         largest, every = box_hits(maps, gt_boxes, self.thresholds, self.iou_thresholds, self.num_threads, names)
-        top1 = top5 = None
-        if logits is not None:
-            if labels is None:
-                raise WSOLError("Top-1/Top-5 Loc need the GT labels along with the logits")
-            labels = torch.as_tensor(labels, device=logits.device).view(-1, 1)
-            top = logits.detach().topk(min(5, logits.shape[1]), dim=1).indices
-            top1 = (top[:, :1] == labels).any(1).cpu().numpy()
-            top5 = (top == labels).any(1).cpu().numpy()
-        self.add_arrays(box_increments(largest, every, top1, top5))
+        hits = topk_hits(logits, labels) if logits is not None else (None, None)
+        self.add_arrays(box_increments(largest, every, *hits))
 
     def curves(self) -> dict[str, np.ndarray]:
         """BoxAcc (%) per threshold: ``largest`` (T,) at IoU 50, ``all`` (I, T) per IoU criterion."""

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from wsol.errors import WSOLError
-from wsol.localize.boxes import EMPTY_BOX, box_iou, to_uint8, trace_boxes
-from wsol.localize.maps import check_score_map
+from wsol.maps.boxes import EMPTY_BOX, box_iou, to_uint8, trace_boxes
+from wsol.maps.normalize import check_score_map
 from wsol.metrics._kernels import pixel_histograms, sweep_levels
 
 FIXED_THRESHOLD = 0.2  # the classic CAM rule, for users without an annotated split to choose tau on
@@ -126,6 +126,20 @@ def empty_box_state(num_thresholds: int, num_ious: int) -> dict[str, np.ndarray]
                                                                                     "top5_all")})
     state.update({name: np.zeros((), np.int64) for name in ("num_images", "num_top1", "num_top5", "num_with_logits")})
     return state
+
+
+def topk_hits(logits: object, labels: object, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 and top-``k`` correctness (bool per image) of logits (B, K) against GT labels (B,), with torch's
+    ``topk`` (the ranks the reference's Top-1/Top-5 Loc use; ties as torch breaks them). Tensors or arrays;
+    torch is imported here, only when logits are given."""
+    import torch
+
+    scores = logits.detach() if isinstance(logits, torch.Tensor) else torch.as_tensor(np.asarray(logits))
+    if labels is None:
+        raise WSOLError("Top-1/Top-5 Loc need the GT labels along with the logits")
+    truth = torch.as_tensor(labels, device=scores.device).reshape(-1, 1)
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+    return (top[:, :1] == truth).any(1).cpu().numpy(), (top == truth).any(1).cpu().numpy()
 
 
 def box_increments(largest: np.ndarray, every: np.ndarray, top1: np.ndarray | None = None,
@@ -243,8 +257,23 @@ def pixel_result(state: Mapping[str, np.ndarray], edges: np.ndarray, cam_curve_i
             "num_images": int(state["num_images"]), "cam_curve_interval": cam_curve_interval}
 
 
-class BoxCounts:
-    """:class:`~wsol.metrics.BoxAccuracy` without torch (no logits): ``update(maps, gt_boxes)``, ``add``
+class _SummedCounters:
+    """``state``: integer arrays that :meth:`add` sums (another batch's, a shard's)."""
+
+    state: dict[str, np.ndarray]
+
+    def add(self, state: Mapping[str, np.ndarray]) -> None:
+        for name, value in state.items():
+            self.state[name] = self.state[name] + np.asarray(value, np.int64)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The summed counters (as the torchmetrics twins' ``state_arrays``)."""
+        return dict(self.state)
+
+
+class BoxCounts(_SummedCounters):
+    """:class:`~wsol.metrics.BoxAccuracy` without torch (unless logits are given): ``update(maps, gt_boxes,
+    logits=None, labels=None)``, ``add``
     another state (a shard's), ``curves()``, ``compute()``; ``state`` holds the summed counters."""
 
     def __init__(self, cam_curve_interval: float = 0.001, iou_thresholds: Sequence[int] = (30, 50, 70),
@@ -255,15 +284,12 @@ class BoxCounts:
         self.num_threads = num_threads or default_threads()
         self.state = empty_box_state(len(self.thresholds), len(self.iou_thresholds))
 
-    def update(self, score_maps: np.ndarray, gt_boxes: Sequence[np.ndarray],
-               names: Sequence[str] | None = None) -> None:
+    def update(self, score_maps: np.ndarray, gt_boxes: Sequence[np.ndarray], logits: object = None,
+               labels: object = None, names: Sequence[str] | None = None) -> None:
         largest, every = box_hits(np.asarray(score_maps), gt_boxes, self.thresholds, self.iou_thresholds,
                                   self.num_threads, names)
-        self.add(box_increments(largest, every))
-
-    def add(self, state: Mapping[str, np.ndarray]) -> None:
-        for name, value in state.items():
-            self.state[name] = self.state[name] + np.asarray(value, np.int64)
+        hits = topk_hits(logits, labels) if logits is not None else (None, None)
+        self.add(box_increments(largest, every, *hits))
 
     def curves(self) -> dict[str, np.ndarray]:
         return box_curves(self.state)
@@ -272,7 +298,7 @@ class BoxCounts:
         return box_result(self.state, self.thresholds, self.iou_thresholds, self.cam_curve_interval)
 
 
-class PixelCounts:
+class PixelCounts(_SummedCounters):
     """:class:`~wsol.metrics.PixelAP` without torch: ``update(maps, gt_masks, ignore_masks)``, ``add``,
     ``curves()``, ``compute()``."""
 
@@ -286,10 +312,6 @@ class PixelCounts:
                names: Sequence[str] | None = None) -> None:
         counts = pixel_counts(score_maps, gt_masks, ignore_masks, self.edges, self.cam_curve_interval, names)
         self.add({"fg_hist": counts[0], "bg_hist": counts[1], "num_images": np.int64(len(score_maps))})
-
-    def add(self, state: Mapping[str, np.ndarray]) -> None:
-        for name, value in state.items():
-            self.state[name] = self.state[name] + np.asarray(value, np.int64)
 
     def curves(self) -> dict[str, np.ndarray]:
         return pixel_curves(self.state, self.edges)

@@ -13,6 +13,7 @@ import numpy as np
 from wsol.data.metadata import EVAL_SIZE, Metadata
 from wsol.errors import WSOLError
 from wsol.metrics.counts import BoxCounts, PixelCounts
+from wsol.metrics.split import SplitEvaluator
 
 
 def load_score_map(path: Path, size: int = EVAL_SIZE) -> np.ndarray:
@@ -60,31 +61,21 @@ def evaluate_scoremaps(metadata: Metadata, scoremap_root: str | Path, mask_root:
     root = Path(scoremap_root)
     if not root.is_dir():
         raise WSOLError(f"{root}: score map folder not found")
-    boxes = BoxCounts(cam_curve_interval, iou_thresholds) if metadata.has_boxes else None
-    masks = PixelCounts(cam_curve_interval) if metadata.has_masks and mask_root is not None else None
-    if boxes is None and masks is None:
+    evaluator = SplitEvaluator(metadata, mask_root, cam_curve_interval=cam_curve_interval,
+                               iou_thresholds=iou_thresholds)
+    if not evaluator.metrics:
         hint = " (pass --mask-root for its masks)" if metadata.has_masks else ""
         raise WSOLError(f"{metadata.split_dir}: no localization.txt with boxes or masks to evaluate against{hint}")
-    if masks is not None:
+    if evaluator.masks is not None:
         metadata.check_mask_files(mask_root)
-    gt_boxes = metadata.resized_boxes() if boxes is not None else {}
     ids = metadata.image_ids
     for start in range(0, len(ids), batch_size):
         batch = ids[start:start + batch_size]
         paths = [root / f"{image_id}.npy" for image_id in batch]
-        maps = np.stack([load_score_map(p) for p in paths])
-        names = [str(p) for p in paths]
-        if boxes is not None:
-            boxes.update(maps, [gt_boxes[i] for i in batch], names=names)
-        if masks is not None:
-            fg, ignore = zip(*(metadata.load_mask(i, mask_root) for i in batch))
-            masks.update(maps, np.stack(fg), np.stack(ignore), names=names)
+        evaluator.update(batch, np.stack([load_score_map(p) for p in paths]), names=[str(p) for p in paths])
         if on_batch is not None:
             on_batch(len(batch))
     result: dict = {}
-    if boxes is not None:
-        result.update(boxes.compute())
-    if masks is not None:
-        mask_result = masks.compute()
-        result.update(mask_result)
-    return result, boxes, masks
+    for kind_result in evaluator.compute().values():
+        result.update(kind_result)
+    return result, evaluator.boxes, evaluator.masks  # type: ignore[return-value]

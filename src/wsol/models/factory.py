@@ -20,6 +20,7 @@ from wsol.models.backbones import (
 )
 from wsol.models.classifier import WSOLClassifier, load_weights
 from wsol.models.heads import BatchNormHead, LayerNormHead, LinearHead, Pool
+from wsol.modes import kept_modes
 
 EMBEDDED_MODEL = "efficientnet_lite0"
 WSOL_MODELS = ("resnet50", "vgg16", "inception_v3")  # built with the evaluation protocol's surgery
@@ -98,19 +99,16 @@ def _check_head(model: nn.Module, head: LinearHead, name: str) -> None:
         return
     c = head.in_features
     f = torch.randn(2, c, 3, 3, generator=torch.Generator().manual_seed(0))
-    modes = {m: m.training for m in list(model.modules()) + list(head.modules())}
-    try:
-        model.eval()
-        head.eval()
-        with torch.no_grad():
-            ref = model.forward_head(f)
-            ours = head(f)
-    except Exception as exc:  # noqa: BLE001
-        msg = f"model {name!r}: its head is not a plain pooling head ({type(exc).__name__})"
-        raise WSOLError(msg) from exc
-    finally:
-        for m, t in modes.items():
-            m.train(t)
+    with kept_modes(model, head):
+        try:
+            model.eval()
+            head.eval()
+            with torch.no_grad():
+                ref = model.forward_head(f)
+                ours = head(f)
+        except Exception as exc:  # noqa: BLE001
+            msg = f"model {name!r}: its head is not a plain pooling head ({type(exc).__name__})"
+            raise WSOLError(msg) from exc
     if ref.shape != ours.shape or not torch.allclose(ref, ours, atol=1e-4, rtol=1e-4):
         raise WSOLError(f"model {name!r}: head is not pooling + [norm] + linear (no exact CAM); unsupported")
 

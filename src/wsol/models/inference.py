@@ -24,6 +24,7 @@ import torch
 from timm.layers import Conv2dSame, get_notrace_functions, get_notrace_modules
 from timm.layers.norm_act import BatchNormAct2d
 from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.nn.utils.parametrize import is_parametrized
 
 from wsol.models.classifier import WSOLClassifier
@@ -86,13 +87,11 @@ def fold_batchnorms(module: nn.Module) -> int:
         if calls[node.target] != 1 or calls[source.target] != 1:
             continue
         with torch.no_grad():
-            scale = torch.rsqrt(norm.running_var + norm.eps)
-            shift = -norm.running_mean * scale
-            if norm.affine:
-                scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-            conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.ndim - 1))))
-            conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+            weight, bias = fuse_conv_bn_weights(
+                conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+            )
+            conv.weight.copy_(weight)  # in place, as the weight may be shared
+            conv.bias = bias.requires_grad_(False)
         rest = nn.Sequential(norm.drop, norm.act) if isinstance(norm, BatchNormAct2d) else nn.Identity()
         parent, _, name = node.target.rpartition(".")
         setattr(modules[parent] if parent else wrapper, name, rest)

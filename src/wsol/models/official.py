@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from wsol.errors import WSOLError
 from wsol.files import read_checkpoint
@@ -65,18 +66,20 @@ def conv_bn(
 
 
 def fuse_conv_bn(branch: nn.Sequential) -> tuple[Tensor, Tensor]:
-    """Kernel and bias of one conv(-BN) branch as a single biased conv (BN in inference mode)."""
+    """Kernel and bias of one conv(-BN) branch as a single biased conv (BN in inference mode).
+
+    The BN is folded by ``torch.nn.utils.fusion.fuse_conv_bn_weights``, whose result is detached from autograd.
+    """
     conv: nn.Conv2d = branch.conv
     kernel = conv.weight
     bias = conv.bias if conv.bias is not None else torch.zeros_like(kernel[:, 0, 0, 0])
     if hasattr(branch, "bn"):
         bn: nn.BatchNorm2d = branch.bn
         assert bn.running_var is not None and bn.running_mean is not None
-        std = (bn.running_var + bn.eps).sqrt()
-        gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
-        beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
-        scale = gamma / std
-        return kernel * scale.reshape(-1, 1, 1, 1), beta + (bias - bn.running_mean) * scale
+        kernel, bias = fuse_conv_bn_weights(
+            kernel, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+        )
+        return kernel.detach(), bias.detach()  # plain tensors, as without BN
     return kernel, bias
 
 

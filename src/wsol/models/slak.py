@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -38,15 +38,6 @@ from wsol.models.official import (
 )
 
 __all__ = ["SLaK", "load_official_checkpoint", "slak_base", "slak_small", "slak_tiny"]
-
-
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a (B, C, H, W) tensor (parameters ``weight``, ``bias``)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Normalise each pixel's channel vector."""
-        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
 
 
 class SLaKBlock(nn.Module):
@@ -133,6 +124,7 @@ class SLaK(nn.Module):
         self.num_classes = num_classes
         self.num_features = widths[-1]
         self.drop_rate = drop_rate
+        # timm's LayerNorm2d: layer norm over C of a (B, C, H, W) tensor, parameters ``weight`` and ``bias``
         self.downsample_layers = nn.ModuleList([
             nn.Sequential(nn.Conv2d(in_chans, widths[0], 4, stride=4), LayerNorm2d(widths[0], eps=1e-6))
         ])

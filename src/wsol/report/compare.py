@@ -3,14 +3,15 @@
 For every (model, method) pair the GT-known score maps of the split are taken from an earlier ``wsol localize
 --metadata --scoremaps`` run when its ``scoremaps.json`` records the same model, checkpoint, method, CRF and
 image size and it holds a map for every image; otherwise they are computed by
-:func:`wsol.localize.run.localize_split` into ``DIR/scoremaps/<model>/<method>/`` (resumable). The logits of
+:func:`wsol.localize.split.localize_split` into ``DIR/scoremaps/<model>/<method>/`` (resumable). The logits of
 each model (for Top-1/Top-5 Loc and classification) come from one pass of the model's own map method, cached
 in ``DIR/scoremaps/<model>/logits.npz``.
 
 The maps are then evaluated as ``localize_split(..., evaluate=True)`` evaluates them (the same counters:
 :func:`wsol.metrics.counts.box_hits`, ``box_result``, ``pixel_result``), for the split and per class, and
-each map's box at its method's MaxBoxAcc threshold is scored against the GT (:func:`boxes_from_map`,
-:func:`box_iou`) for the gallery and the disagreement ranking (the spread of these IoUs across methods).
+each map's box at its method's MaxBoxAcc threshold is scored against the GT
+(:func:`~wsol.maps.boxes.boxes_from_map`, :func:`~wsol.maps.boxes.box_iou`) for the gallery and the
+disagreement ranking (the spread of these IoUs across methods).
 """
 
 from __future__ import annotations
@@ -64,10 +65,10 @@ def slug(text: str) -> str:
 
 def scoremap_config(model: ModelSpec, method: str, image_size: int) -> dict[str, Any]:
     """What ``localize_split`` records in ``scoremaps.json`` for these settings (CRF off)."""
-    from wsol.localize.run import _checkpoint_id
+    from wsol.localize.pipeline import checkpoint_id
 
     return {"model": getattr(model.net, "name", type(model.net).__name__),
-            "checkpoint": _checkpoint_id(model.checkpoint), "method": method, "crf": False,
+            "checkpoint": checkpoint_id(model.checkpoint), "method": method, "crf": False,
             "image_size": int(image_size)}
 
 
@@ -75,7 +76,7 @@ def find_reusable(roots: Sequence[Path], config: dict[str, Any], ids: Sequence[s
                   log: Callable[[str], None] = lambda _: None) -> Path | None:
     """The first folder under ``roots`` (each a ``--scoremaps`` folder or a folder holding some) whose
     ``scoremaps.json`` equals ``config`` and that has ``<id>.npy`` for every id; None if there is none."""
-    from wsol.localize.run import SCOREMAPS_RECORD
+    from wsol.localize.split import SCOREMAPS_RECORD
 
     for root in roots:
         records = [root / SCOREMAPS_RECORD] if (root / SCOREMAPS_RECORD).is_file() else sorted(
@@ -97,10 +98,10 @@ def find_reusable(roots: Sequence[Path], config: dict[str, Any], ids: Sequence[s
 
 def _split_loader(ids: Sequence[str], root: Path, image_size: int, batch_size: int, workers: int | None,
                   dev: Any) -> Any:
-    from wsol.localize.run import ImageSource, _loader, default_workers
+    from wsol.data.datasets import ImageSource, default_workers, image_loader
 
     dataset = ImageSource([root / i for i in ids], image_size, "bilinear", display_size=0, exact=True)
-    return _loader(dataset, batch_size, default_workers(dev) if workers is None else workers, dev)
+    return image_loader(dataset, batch_size, default_workers(dev) if workers is None else workers, dev)
 
 
 def model_logits(model: ModelSpec, ids: Sequence[str], labels: Sequence[int], root: Path, folder: Path,
@@ -109,7 +110,7 @@ def model_logits(model: ModelSpec, ids: Sequence[str], labels: Sequence[int], ro
     own map method, the reference's preprocessing); cached in ``folder/logits.npz`` with its settings."""
     import torch
 
-    from wsol.localize.run import default_map_method, localize_loader, resolve_device
+    from wsol.localize.pipeline import default_map_method, localize_loader, resolve_device
 
     config = {**scoremap_config(model, default_map_method(model.net), image_size), "ids": list(ids)}
     cache = folder / LOGITS_FILE
@@ -120,7 +121,7 @@ def model_logits(model: ModelSpec, ids: Sequence[str], labels: Sequence[int], ro
                     return np.asarray(data["logits"])
         except (OSError, ValueError, KeyError):
             pass
-    from wsol.localize.variants import MapVariant
+    from wsol.maps.variants import MapVariant
 
     variant = MapVariant.parse(config["method"])
     dev = resolve_device(device)
@@ -147,16 +148,6 @@ def model_logits(model: ModelSpec, ids: Sequence[str], labels: Sequence[int], ro
     return logits
 
 
-def _top_hits(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Top-1 / Top-5 correctness per image, with torch's ``topk`` as :class:`BoxAccuracy` takes it."""
-    import torch
-
-    t = torch.from_numpy(logits)
-    top = t.topk(min(5, t.shape[1]), dim=1).indices.numpy()
-    lab = labels.reshape(-1, 1)
-    return (top[:, :1] == lab).any(1), (top == lab).any(1)
-
-
 def _add(state: dict[str, np.ndarray], inc: dict[str, np.ndarray]) -> None:
     for name, value in inc.items():
         state[name] = state[name] + value
@@ -166,7 +157,7 @@ def evaluate_entry(entry: Entry, meta: Any, ids: Sequence[str], logits: np.ndarr
                    cam_curve_interval: float, iou_thresholds: Sequence[int], batch_size: int = 64) -> None:
     """Metrics of the entry's saved maps (split and per class), then each image's box at the MaxBoxAcc
     threshold and its IoU with the GT (best over the GT boxes)."""
-    from wsol.localize.boxes import box_iou, boxes_from_map
+    from wsol.maps.boxes import box_iou, boxes_from_map
     from wsol.metrics.counts import (
         box_hits,
         box_increments,
@@ -179,6 +170,7 @@ def evaluate_entry(entry: Entry, meta: Any, ids: Sequence[str], logits: np.ndarr
         pixel_edges,
         pixel_result,
         threshold_list,
+        topk_hits,
     )
     from wsol.metrics.scoremaps import load_score_map
 
@@ -186,7 +178,7 @@ def evaluate_entry(entry: Entry, meta: Any, ids: Sequence[str], logits: np.ndarr
     ious = check_iou_thresholds(iou_thresholds)
     edges = pixel_edges(thresholds)
     labels = np.array([meta.labels[i] for i in ids])
-    top1, top5 = _top_hits(logits, labels)
+    top1, top5 = topk_hits(logits, labels)
     gt = meta.resized_boxes() if meta.has_boxes else None
     use_masks = meta.has_masks and mask_root is not None
     classes = sorted(set(labels.tolist()))
@@ -244,7 +236,7 @@ def evaluate_entry(entry: Entry, meta: Any, ids: Sequence[str], logits: np.ndarr
 
 def default_methods(net: Any) -> list[str]:
     """cam, cam+pas and gradcam for a CAM model; the checkpoint's own map method otherwise (ACoL, SPG)."""
-    from wsol.localize.run import default_map_method
+    from wsol.localize.pipeline import default_map_method
 
     method = default_map_method(net)
     return ["cam", "cam+pas", "gradcam"] if method == "cam" else [method]
@@ -259,8 +251,9 @@ def compare(split_dir: str | Path, data_root: str | Path, models: Sequence[Model
     """Write the report page ``out`` (``index.html``; a folder means ``folder/index.html``) and its images,
     plots, ``report.json`` and computed score maps beside it. Returns the report's record."""
     from wsol.data.metadata import Metadata
-    from wsol.localize.run import localize_split, preprocessing
-    from wsol.localize.variants import MapVariant
+    from wsol.localize.pipeline import preprocessing
+    from wsol.localize.split import localize_split
+    from wsol.maps.variants import MapVariant
     from wsol.metrics.counts import threshold_list
 
     page = Path(out)

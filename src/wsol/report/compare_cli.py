@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from wsol.files import check_output_path
-        from wsol.localize.variants import MapVariant
+        from wsol.maps.variants import MapVariant
         from wsol.report.compare import ModelSpec, compare
 
         console = Console(stderr=True)
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         if method_list is not None and not method_list:
             raise WSOLError("--methods: no method given")
         check_output_path(out, "--out", folder=out.is_dir() or not out.suffix)
-        from wsol.localize.run import load_model
+        from wsol.localize.pipeline import load_model
 
         specs = []
         if checkpoint:

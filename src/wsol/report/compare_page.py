@@ -120,12 +120,10 @@ def _fmt(value: Any) -> str:
 def _plots(folder: Path, entries: Sequence[Any], thresholds: np.ndarray) -> list[str]:
     """BoxAcc-vs-threshold (largest box at IoU 50; all boxes, mean over the IoU criteria) and the pixel
     precision-recall curves of every entry on shared axes; returns the files written (relative)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from wsol.metrics.counts import box_curves, pixel_curves, pixel_edges
+    from wsol.report.plots import agg_pyplot
+
+    plt = agg_pyplot()
 
     written = []
     boxed = [e for e in entries if e.box_state is not None]
@@ -179,8 +177,9 @@ def pick_gallery(ids: Sequence[str], spread: dict[str, float], n: int) -> list[s
 def _tiles(folder: Path, root: Path, meta: Any, entries: Sequence[Any], chosen: Sequence[str],
            logits: dict[str, np.ndarray], ids: Sequence[str]) -> list[dict[str, Any]]:
     """Write each chosen image and each entry's overlay of it under ``images/``; the gallery's cards."""
+    from wsol.data.datasets import display_shape
     from wsol.data.images import read_image
-    from wsol.localize.run import class_names_of, display_shape
+    from wsol.localize.pipeline import class_names_of
     from wsol.metrics.scoremaps import load_score_map
     from wsol.report.overlay import render_overlay, write_image
 

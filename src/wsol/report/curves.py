@@ -5,13 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from wsol.errors import WSOLError  # noqa: E402
-from wsol.files import replacing  # noqa: E402
+from wsol.errors import WSOLError
+from wsol.files import replacing
+from wsol.report.plots import agg_pyplot
 
 if TYPE_CHECKING:
     from wsol.metrics import BoxAccuracy, BoxCounts, PixelAP, PixelCounts
@@ -33,6 +29,7 @@ def plot_curves(path: str | Path, boxes: BoxAccuracy | BoxCounts | None = None,
                 title: str = "") -> None:
     """One figure with a panel per available metric, in the format of the path's suffix; written atomically."""
     fmt = plot_format(path)
+    plt = agg_pyplot()
     panels = [p for p in (boxes, masks) if p is not None]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, metric in zip(axes[0], panels):

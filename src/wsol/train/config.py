@@ -314,7 +314,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def build_section(cls: type, data: Any, prefix: str) -> Any:
+    """The config dataclass ``cls`` from a mapping, sections recursively; errors name keys as ``prefix + key``."""
     if not isinstance(data, dict):
         if not prefix:
             raise WSOLError(f"config: expected a mapping of sections, got {type(data).__name__}")
@@ -332,7 +333,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
                             f"{', '.join(valid)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value if value is not None else {}, f"{dotted}.")
+            kwargs[key] = build_section(tp, value if value is not None else {}, f"{dotted}.")
         else:
             kwargs[key] = _coerce(value, tp, dotted)
     return cls(**kwargs)
@@ -397,7 +398,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             nested = {k: nested}
         data = _merge(data, nested)
     try:
-        config = _build(cls, data, "")
+        config = build_section(cls, data, "")
     except WSOLError as exc:
         culprit = _override_of(str(exc), given)
         if culprit is not None:
@@ -410,8 +411,8 @@ _ERROR_KEY = re.compile(r"config(?: (?P<key>[\w.\[\]]+)(?:=.*?)?|: unknown key '
 
 
 def _override_of(message: str, given: list[tuple[str, str]]) -> str | None:
-    """``message`` (an error of :func:`_build`) said of the command-line override that set its key, if one did:
-    ``override optim.lr=abc: expected a number`` rather than blaming the config file."""
+    """``message`` (an error of :func:`build_section`) said of the command-line override that set its key, if one
+    did: ``override optim.lr=abc: expected a number`` rather than blaming the config file."""
     match = _ERROR_KEY.match(message)
     if match is None:
         return None
@@ -425,4 +426,4 @@ def _override_of(message: str, given: list[tuple[str, str]]) -> str | None:
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a config saved with :meth:`TrainConfig.to_dict` (e.g. from a checkpoint)."""
-    return _build(TrainConfig, data, "")
+    return build_section(TrainConfig, data, "")

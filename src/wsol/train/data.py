@@ -13,19 +13,15 @@ Two properties the training loop relies on:
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
-from wsol.data.datasets import ClassFolderDataset, check_data_root
-from wsol.data.images import read_image
+from wsol.data.datasets import ImageList, LabeledImages, check_data_root
 from wsol.data.metadata import CLASS_NAMES_FILE, Metadata, read_class_names
 from wsol.data.transforms import eval_transform, train_transform
 from wsol.errors import WSOLError
@@ -52,53 +48,6 @@ def pipeline_sizes(config: TrainConfig) -> tuple[int, int]:
     return resize, crop
 
 
-# --------------------------------------------------------------------------- datasets
-@dataclass
-class ImageList:
-    """A split: image paths (relative ids under ``root``) and labels, plus its metadata when WSOL."""
-
-    root: Path
-    image_ids: list[str]
-    labels: list[int]
-    metadata: Metadata | None = None
-    name: str = ""
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-
-class ImageDataset(Dataset):
-    """``(image, label, index)``; a key ``(index, seed)`` makes the random augmentation reproducible."""
-
-    def __init__(self, images: ImageList, transform: Callable) -> None:
-        self.images = images
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int, int]:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        path = self.images.root / self.images.image_ids[index]
-        if not path.is_file():
-            raise WSOLError(f"{path}: image file not found (named by {self.images.name})")
-        image = read_image(path)[0]
-        if seed is None:
-            x = self.transform(image)
-        else:
-            state = torch.random.get_rng_state()
-            py_state = random.getstate()
-            try:
-                torch.manual_seed(seed)
-                random.seed(seed)
-                x = self.transform(image)
-            finally:
-                torch.random.set_rng_state(state)
-                random.setstate(py_state)
-        return x, self.images.labels[index], index
-
-
-# --------------------------------------------------------------------------- samplers / loaders
 class SeededShuffleSampler(Sampler):
     """Shuffled order from (seed, epoch), sharded across ranks like ``DistributedSampler`` (padded, so
     every rank gets the same number of batches); yields ``(index, augmentation seed)``; can skip a prefix."""
@@ -179,15 +128,12 @@ def read_wsol_split(config: TrainConfig, split: str) -> ImageList:
     if not root.is_dir():
         raise WSOLError(f"config data.root={root}: folder not found")
     check_data_root(metadata, root, sample=200 if split == config.data.train_split else None)
-    return ImageList(root, list(metadata.image_ids), [metadata.labels[i] for i in metadata.image_ids],
-                     metadata, name=str(split_dir / "image_ids.txt"))
+    return ImageList.from_metadata(metadata, root)
 
 
 def read_folder_split(root: Path, classes: list[str] | None = None) -> ImageList:
     """A class-per-folder tree ``root/<class>/<image>``; classes sorted by name (or as given)."""
-    tree = ClassFolderDataset(root, classes=classes)
-    return ImageList(root, [str(path.relative_to(root)) for path, _ in tree.samples],
-                     [label for _, label in tree.samples], None, name=str(root))
+    return ImageList.from_class_folders(root, classes)
 
 
 # --------------------------------------------------------------------------- the data module
@@ -258,7 +204,7 @@ class WSOLDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         split = self.splits["train"]
         sampler = SeededShuffleSampler(len(split), self.config.trainer.seed, rank, world)
-        return ResumableLoader(ImageDataset(split, train_tf), batch_size=self.config.data.batch_size,
+        return ResumableLoader(LabeledImages(split, train_tf), batch_size=self.config.data.batch_size,
                                sampler=sampler, drop_last=False, **self._workers())
 
     def _eval_loader(self, stage: str) -> DataLoader:
@@ -268,7 +214,7 @@ class WSOLDataModule(L.LightningDataModule):
         _, eval_tf = build_transforms(self.config, self.mean, self.std)
         rank, world = self._rank_world()
         size = self.config.data.eval_batch_size or self.config.data.batch_size
-        return DataLoader(ImageDataset(split, eval_tf), batch_size=size, sampler=ShardSampler(len(split), rank, world),
+        return DataLoader(LabeledImages(split, eval_tf), batch_size=size, sampler=ShardSampler(len(split), rank, world),
                           **self._workers())
 
     def val_dataloader(self) -> DataLoader:

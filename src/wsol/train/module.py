@@ -16,39 +16,16 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from wsol.data.metadata import Metadata
 from wsol.errors import WSOLError
 from wsol.files import plain
-from wsol.localize.variants import MapVariant
+from wsol.maps.variants import MapVariant
 from wsol.methods import get_training_method
-from wsol.metrics import BoxAccuracy, PixelAP
+from wsol.metrics.classification import ClassAccuracy
+from wsol.metrics.split import SplitEvaluator
 from wsol.models import WSOLClassifier, build_model
 from wsol.train.config import TrainConfig, config_from_dict
-
-
-class ClassAccuracy(Metric):
-    """Top-1 / top-5 classification accuracy as summed counters (exact across ranks)."""
-
-    full_state_update = False
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        for name in ("top1", "top5", "total"):
-            self.add_state(name, default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, logits: Tensor, labels: Tensor) -> None:
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hit = top == labels.view(-1, 1)
-        self.top1 += hit[:, 0].sum()
-        self.top5 += hit.any(1).sum()
-        self.total += labels.numel()
-
-    def compute(self) -> dict[str, float]:
-        n = max(int(self.total), 1)
-        return {"top1_cls": int(self.top1) * 100.0 / n, "top5_cls": int(self.top5) * 100.0 / n,
-                "num_images": int(self.total)}
 
 
 def model_from_config(config: TrainConfig, num_classes: int, pretrained: bool = True) -> WSOLClassifier:
@@ -84,7 +61,8 @@ class WSOLModule(L.LightningModule):
         self.mask_root: str | None = self.cfg.data.mask_root
         self.results: dict[str, dict[str, Any]] = {}
         self.results_path: str | None = None  # rank 0 writes the test results here (JSON), e.g. for ddp_spawn
-        self._metrics: dict[str, dict[str, Metric]] = {}
+        self._evaluators: dict[str, dict[str, SplitEvaluator]] = {}  # per stage: one per map variant
+        self._classification: dict[str, ClassAccuracy] = {}
         self._gt_boxes: dict[str, dict[str, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ training
@@ -149,54 +127,46 @@ class WSOLModule(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _setup_metrics(self, stage: str, variants: list[MapVariant]) -> None:
         meta = self.eval_splits.get(stage)
-        interval, ious = self.cfg.eval.cam_curve_interval, self.cfg.eval.iou_thresholds
-        metrics: dict[str, Metric] = {"cls": ClassAccuracy()}
+        self._classification[stage] = ClassAccuracy().to(self.device)
+        evaluators: dict[str, SplitEvaluator] = {}
         if meta is not None:
-            for v in variants:
-                if meta.has_boxes:
-                    metrics[f"{v.spec}/box"] = BoxAccuracy(interval, ious)
-                if meta.has_masks and self.mask_root is not None:
-                    metrics[f"{v.spec}/mask"] = PixelAP(interval)
             if meta.has_boxes and stage not in self._gt_boxes:
                 self._gt_boxes[stage] = meta.resized_boxes()
-        for m in metrics.values():
-            m.to(self.device)
-        self._metrics[stage] = metrics
+            for v in variants:
+                evaluator = SplitEvaluator(meta, self.mask_root, cam_curve_interval=self.cfg.eval.cam_curve_interval,
+                                           iou_thresholds=self.cfg.eval.iou_thresholds, synced=True,
+                                           gt_boxes=self._gt_boxes.get(stage))
+                for m in evaluator.metrics.values():
+                    m.to(self.device)
+                if evaluator.metrics:
+                    evaluators[v.spec] = evaluator
+        self._evaluators[stage] = evaluators
 
     def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor, Tensor], variants: list[MapVariant]) -> None:
         images, labels, index = batch
-        metrics = self._metrics[stage]
-        meta = self.eval_splits.get(stage)
+        evaluators = self._evaluators[stage]
         logits = None
-        if meta is not None and len(metrics) > 1:
+        if evaluators:
+            meta = self.eval_splits[stage]
             ids = [meta.image_ids[int(i)] for i in index]
-            masks = None
-            if any(k.endswith("/mask") for k in metrics):
-                fg, ignore = zip(*(meta.load_mask(i, self.mask_root) for i in ids))
-                masks = (np.stack(fg), np.stack(ignore))
+            first = next(iter(evaluators.values()))
+            masks = first.load_masks(ids) if first.masks is not None else None  # once for every variant
             for v in variants:
                 raw, out_logits = v.raw_maps(self.model, images, labels)
                 logits = out_logits if logits is None else logits
-                score = v.score_maps(raw)
-                if f"{v.spec}/box" in metrics:
-                    metrics[f"{v.spec}/box"].update(score, [self._gt_boxes[stage][i] for i in ids],
-                                                    logits=out_logits.float(), labels=labels, names=ids)
-                if masks is not None:
-                    metrics[f"{v.spec}/mask"].update(score, masks[0], masks[1], names=ids)
+                evaluators[v.spec].update(ids, v.score_maps(raw), out_logits.float(), labels, masks=masks)
         if logits is None:  # features + head, which every model here has (an F-CAM model's forward is its map)
             logits = self.model.logits_from_features(self.model.features(images))
-        metrics["cls"].update(logits.float(), labels)
+        self._classification[stage].update(logits.float(), labels)
 
     def _eval_end(self, stage: str, variants: list[MapVariant]) -> dict[str, Any]:
-        metrics = self._metrics.pop(stage)
-        result: dict[str, Any] = {"classification": metrics.pop("cls").compute()}
+        evaluators = self._evaluators.pop(stage)
+        result: dict[str, Any] = {"classification": self._classification.pop(stage).compute()}
         for v in variants:
-            entry: dict[str, Any] = {}
-            for kind in ("box", "mask"):
-                m = metrics.get(f"{v.spec}/{kind}")
-                if m is not None:
-                    entry.update(m.compute())
-            if entry:
+            if v.spec in evaluators:
+                entry: dict[str, Any] = {}
+                for kind_result in evaluators[v.spec].compute().values():
+                    entry.update(kind_result)
                 result[v.spec] = entry
         return result
 

@@ -75,10 +75,9 @@ def _cell(value: Any) -> str:
 
 def plot_trials(path: Path, trials: list[FrozenTrial], metric: str, title: str) -> None:
     """The score of each trial (pruned ones at their last reported value) and the best so far."""
-    import matplotlib
+    from wsol.report.plots import agg_pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = agg_pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None), key=lambda t: t.number)

@@ -14,6 +14,8 @@ import numpy as np
 
 from wsol.errors import WSOLError
 
+PAS_PERCENTILE = 90.0  # Bae et al.'s percentile
+
 if TYPE_CHECKING:  # torch is imported only by callers that pass tensors (wsol evaluate never loads it)
     import torch
 
@@ -79,3 +81,25 @@ def check_score_map(score_map: np.ndarray, name: str = "score map") -> None:
     low, high = float(score_map.min()), float(score_map.max())
     if low < 0 or high > 1:
         raise WSOLError(f"{name}: values must lie in [0, 1], found [{low:g}, {high:g}] (normalise it first)")
+
+
+def map_percentiles(maps: np.ndarray, percentile: float) -> np.ndarray:
+    """The ``percentile``-th value of each map of a batch (B, H, W), numpy's linear rule; the max (in the
+    maps' dtype) at 100 and above. The reference value of both PaS rules: :func:`pas_normalize` and
+    :func:`wsol.maps.boxes.threshold_values`."""
+    flat = np.asarray(maps).reshape(len(maps), -1)
+    return flat.max(1) if percentile >= 100 else np.percentile(flat, percentile, axis=1)
+
+
+def pas_normalize(maps: np.ndarray, percentile: float = PAS_PERCENTILE) -> np.ndarray:
+    """``clip(map / percentile(map), 0, 1)`` per map of a (B, H, W) batch; maps with a zero percentile stay.
+
+    PaS (percentile as a standard, Bae et al.) as a score-map transform that the unchanged evaluator
+    consumes: its foreground at threshold tau is then ``map > tau * p`` (up to the uint8 cut), so the tau
+    swept by MaxBoxAcc is the PaS ratio (the authors' fixed rule is tau = 0.35 at p90, which ``wsol
+    localize --threshold 0.35 --percentile 90`` applies to one map with :func:`wsol.maps.boxes.threshold_values`).
+    Pixels above ``p`` share the top score, which PxAP sees as ties.
+    """
+    ref = map_percentiles(maps, percentile).astype(np.float32)
+    safe = np.where(ref > 0, ref, 1.0).astype(np.float32)
+    return np.clip(maps / safe[:, None, None], 0.0, 1.0).astype(np.float32)

@@ -5,11 +5,8 @@ A variant is written ``method[+nwc][+published][+pas]``: ``cam``, ``cam+nwc``, `
 ``cam`` and ``pc1`` (see :class:`wsol.cams.cam.CAM` and :mod:`wsol.cams.pc1`).
 
 PaS (percentile as a standard, Bae et al.) makes the threshold relative to a percentile of the map instead
-of its max. We implement it as a score-map transform that the unchanged evaluator can consume: after the
-reference path (bicubic 224, min-max), each map is divided by its own 90th percentile ``p`` and clipped
-to [0, 1]. The evaluator's foreground at threshold tau is then ``map > tau * p`` (up to the uint8 cut), so
-the tau swept by MaxBoxAcc is the PaS ratio (the authors' fixed rule is tau = 0.35). A map whose 90th
-percentile is 0 is left as it is. Pixels above ``p`` share the top score, which PxAP sees as ties.
+of its max: after the reference path (bicubic 224, min-max), each map goes through
+:func:`wsol.maps.normalize.pas_normalize` (divided by its own 90th percentile, clipped to [0, 1]).
 """
 
 from __future__ import annotations
@@ -21,9 +18,8 @@ from torch import Tensor, nn
 
 from wsol.cams import compute_cams, get_method
 from wsol.errors import WSOLError
-from wsol.localize.maps import to_score_maps
+from wsol.maps.normalize import pas_normalize, to_score_maps
 
-PAS_PERCENTILE = 90.0
 EVAL_SIZE = 224
 
 
@@ -69,10 +65,3 @@ class MapVariant:
         """Raw maps -> (B, 224, 224) float32 score maps in [0, 1]: the reference path, then PaS if asked."""
         maps = to_score_maps(raw.float(), (EVAL_SIZE, EVAL_SIZE)).astype(np.float32, copy=False)
         return pas_normalize(maps) if self.pas else maps
-
-
-def pas_normalize(maps: np.ndarray, percentile: float = PAS_PERCENTILE) -> np.ndarray:
-    """``clip(map / percentile(map), 0, 1)`` per map of a (B, H, W) batch; maps with a zero percentile stay."""
-    ref = np.percentile(maps.reshape(len(maps), -1), percentile, axis=1).astype(np.float32)
-    safe = np.where(ref > 0, ref, 1.0).astype(np.float32)
-    return np.clip(maps / safe[:, None, None], 0.0, 1.0).astype(np.float32)

@@ -16,10 +16,12 @@ Boxes are ``x0, y0, x1, y1`` with inclusive ends: area ``(x1 - x0 + 1) * (y1 - y
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
+
+from wsol.maps.normalize import map_percentiles
 
 EMPTY_BOX = np.zeros((1, 4), dtype=np.int64)
 Components = Literal["largest", "all"]
@@ -74,41 +76,68 @@ def contour_boxes(foreground: np.ndarray, components: Components = "all") -> np.
     return boxes[largest:largest + 1] if components == "largest" else boxes
 
 
-def threshold_values(score_maps: np.ndarray, threshold: float, reference: float = 100.0) -> np.ndarray:
-    """The integer cut of each map of a batch (B, H, W): ``int(threshold * R)`` with R the ``reference``
-    percentile of its uint8 map.
+def threshold_values(score_maps: np.ndarray, threshold: float, percentile: float = 100.0) -> np.ndarray:
+    """The integer cut of each map of a batch (B, H, W): ``int(threshold * R)`` with R the ``percentile``-th
+    value of its uint8 map (:func:`~wsol.maps.normalize.map_percentiles`).
 
-    ``reference = 100`` is the max (the classic rule and the evaluation protocol); a lower value is the
-    percentile-as-standard (PaS) rule of Bae et al. (e.g. ``threshold = 0.35, reference = 90``).
+    ``percentile = 100`` is the max (the classic rule and the evaluation protocol); a lower value is the
+    percentile-as-standard (PaS) rule of Bae et al. (e.g. ``threshold = 0.35, percentile = 90``).
     """
-    flat = to_uint8(score_maps).reshape(len(score_maps), -1)
-    ref = flat.max(1) if reference >= 100 else np.percentile(flat, reference, axis=1)
-    return (threshold * ref).astype(np.int64)  # int() of a non-negative float, per map
+    reference = map_percentiles(to_uint8(score_maps), percentile)
+    return (threshold * reference).astype(np.int64)  # int() of a non-negative float, per map
 
 
-def threshold_value(score_map: np.ndarray, threshold: float, reference: float = 100.0) -> int:
+def threshold_value(score_map: np.ndarray, threshold: float, percentile: float = 100.0) -> int:
     """:func:`threshold_values` of one map."""
-    return int(threshold_values(np.asarray(score_map)[None], threshold, reference)[0])
+    return int(threshold_values(np.asarray(score_map)[None], threshold, percentile)[0])
 
 
-def masks_from_maps(score_maps: np.ndarray, threshold: float = 0.2, reference: float = 100.0) -> np.ndarray:
+def masks_from_maps(score_maps: np.ndarray, threshold: float = 0.2, percentile: float = 100.0) -> np.ndarray:
     """Foregrounds (bool, B x H x W) of a batch: ``u8 > cut`` per map (see :func:`threshold_values`)."""
-    return to_uint8(score_maps) > threshold_values(score_maps, threshold, reference)[:, None, None]
+    return to_uint8(score_maps) > threshold_values(score_maps, threshold, percentile)[:, None, None]
 
 
-def mask_from_map(score_map: np.ndarray, threshold: float = 0.2, reference: float = 100.0) -> np.ndarray:
+def mask_from_map(score_map: np.ndarray, threshold: float = 0.2, percentile: float = 100.0) -> np.ndarray:
     """The foreground (bool) of one map, that :func:`boxes_from_map` draws its boxes around."""
-    return masks_from_maps(np.asarray(score_map)[None], threshold, reference)[0]
+    return masks_from_maps(np.asarray(score_map)[None], threshold, percentile)[0]
 
 
-def boxes_from_maps(score_maps: np.ndarray, threshold: float = 0.2, reference: float = 100.0,
+def boxes_from_maps(score_maps: np.ndarray, threshold: float = 0.2, percentile: float = 100.0,
                     components: Components = "largest") -> list[np.ndarray]:
     """Boxes of each map of a batch (B, H, W): one (n_i, 4) array per map, ``(0, 0, 0, 0)`` if empty."""
-    masks = masks_from_maps(score_maps, threshold, reference)
+    masks = masks_from_maps(score_maps, threshold, percentile)
     return [contour_boxes(mask.view(np.uint8), components) for mask in masks]
 
 
-def boxes_from_map(score_map: np.ndarray, threshold: float = 0.2, reference: float = 100.0,
+def boxes_from_map(score_map: np.ndarray, threshold: float = 0.2, percentile: float = 100.0,
                    components: Components = "largest") -> np.ndarray:
     """Boxes (n, 4) of one score map in [0, 1] at ``threshold`` (see :func:`threshold_values`)."""
-    return contour_boxes(mask_from_map(score_map, threshold, reference).view(np.uint8), components)
+    return contour_boxes(mask_from_map(score_map, threshold, percentile).view(np.uint8), components)
+
+
+def scale_boxes(boxes: np.ndarray, src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
+    """Inclusive boxes from a ``src = (w, h)`` pixel grid to ``dst = (W, H)``: pixel ``[x0, x1]`` covers
+    ``[x0 * W / w, (x1 + 1) * W / w)`` in the destination."""
+    sx, sy = dst[0] / src[0], dst[1] / src[1]
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    out = np.stack([np.floor(b[:, 0] * sx), np.floor(b[:, 1] * sy),
+                    np.ceil((b[:, 2] + 1) * sx) - 1, np.ceil((b[:, 3] + 1) * sy) - 1], 1)
+    out = np.clip(out, 0, [dst[0] - 1, dst[1] - 1, dst[0] - 1, dst[1] - 1])
+    return out.astype(np.int64)
+
+
+def boxes_with_scores(score_map: np.ndarray, threshold: float, percentile: float, components: str,
+                      size: tuple[int, int]) -> list[dict[str, Any]]:
+    """Boxes of ``score_map`` in the pixels of an image of ``size = (W, H)``, each with the mean map value
+    inside it, largest first; an empty foreground gives no box (not the protocol's ``(0, 0, 0, 0)``)."""
+    foreground = mask_from_map(score_map, threshold, percentile)
+    if not foreground.any():
+        return []
+    boxes = contour_boxes(foreground.view(np.uint8), components)  # type: ignore[arg-type]
+    h, w = score_map.shape
+    out = []
+    for (x0, y0, x1, y1), big in zip(boxes, scale_boxes(boxes, (w, h), size)):
+        score = float(score_map[y0:y1 + 1, x0:x1 + 1].mean())
+        out.append({"box": [int(v) for v in big], "score": round(score, 4)})
+    out.sort(key=lambda r: -(r["box"][2] - r["box"][0] + 1) * (r["box"][3] - r["box"][1] + 1))  # largest first
+    return out

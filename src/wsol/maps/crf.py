@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -85,3 +86,12 @@ def crf_refine(images: Tensor, maps: Tensor, *, iterations: int = 5, sigma_rgb: 
         if (gh, gw) != (h, w):
             fg = F.interpolate(fg, size=(h, w), mode="bilinear", align_corners=False)
     return fg[:, 0].to(maps.dtype)
+
+
+def crf_on_images(images: Tensor, maps: np.ndarray) -> np.ndarray:
+    """:func:`crf_refine` of score maps (B, h, w) against their uint8 images (B, H, W, 3), the images resized
+    (bilinear, antialiased) to the maps' size."""
+    rgb = images.permute(0, 3, 1, 2).float()
+    if tuple(rgb.shape[-2:]) != tuple(maps.shape[-2:]):
+        rgb = F.interpolate(rgb, size=tuple(maps.shape[-2:]), mode="bilinear", antialias=True, align_corners=False)
+    return crf_refine(rgb, torch.from_numpy(maps)).numpy()
