@@ -147,3 +147,23 @@ def test_class_accuracy_by_hand_and_as_the_loc_metrics_rank():
     two = ClassAccuracy()
     two.update(torch.tensor([[1.0, 2.0], [3.0, 1.0]]), torch.tensor([0, 0]))  # K = 2: top-5 is top-2
     assert two.compute() == {"top1_cls": 50.0, "top5_cls": 100.0, "num_images": 2}
+
+
+def test_evaluate_scoremaps_defaults_are_the_protocols(tmp_path):
+    """``evaluate_scoremaps`` without options: threshold step 0.001 and IoU 30/50/70, batches that do not
+    change the numbers, progress per batch."""
+    from wsol.metrics.scoremaps import evaluate_scoremaps
+
+    meta = write_split(tmp_path, masks=False)
+    maps_dir = tmp_path / "maps"
+    for image_id, score_map in zip(meta.image_ids, square_maps()):
+        (maps_dir / image_id).parent.mkdir(parents=True, exist_ok=True)
+        np.save(maps_dir / f"{image_id}.npy", score_map)
+    seen = []
+    result, boxes, masks = evaluate_scoremaps(meta, maps_dir, batch_size=2, on_batch=seen.append)
+    assert seen == [2, 1] and masks is None and isinstance(boxes, BoxCounts)
+    assert result["cam_curve_interval"] == 0.001 and result["iou_thresholds"] == [30, 50, 70]
+    assert len(boxes.thresholds) == 1000
+    explicit = SplitEvaluator(meta, cam_curve_interval=0.001)
+    explicit.update(meta.image_ids, square_maps())
+    assert result == explicit.compute()["boxes"]
