@@ -1,0 +1,79 @@
+"""The Grad-CAM family's shared machinery pinned where the reference comparisons cannot see: the tests that
+kill mutmut's surviving mutants of ``wsol.cams.gradient`` (issue 12; see benchmarks/results/mutation.md)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import wsol.cams.gradient as gradient
+from wsol.cams import compute_cams
+from wsol.cams.gradient import activations_and_grads, gradcampp_weights
+from wsol.models import LinearHead, WSOLClassifier
+
+
+class TwoConvs(nn.Module):
+    """conv1 -> ReLU -> conv2 as the features, plus a branch that forward never runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.unused = nn.Conv2d(4, 4, 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.conv1(x)))
+
+
+@pytest.fixture()
+def model() -> WSOLClassifier:
+    torch.manual_seed(0)
+    return WSOLClassifier(TwoConvs(), LinearHead(nn.Linear(5, 3))).eval()
+
+
+def test_the_feature_layer_takes_the_path_without_hooks(model, monkeypatch) -> None:
+    """At F (by default, or named as the model's feature layer) the backbone runs once without autograd and
+    no forward hook is set; another layer is captured by a hook."""
+    x = torch.randn(2, 3, 8, 8)
+    expected = compute_cams(model, x, [0, 2], "gradcam")
+
+    def no_hooks(_layer):
+        raise AssertionError("a hook was set for the feature layer")
+
+    monkeypatch.setattr(gradient, "capture_output", no_hooks)
+    for layer in (None, model.feature_layer):
+        act, grad, logits, tgt = activations_and_grads(model, x, torch.tensor([0, 2]), layer)
+        assert act.shape == (2, 5, 8, 8) and grad.shape == act.shape and tgt.tolist() == [0, 2]
+        torch.testing.assert_close(logits, expected.logits)
+    with pytest.raises(AssertionError, match="a hook was set"):
+        activations_and_grads(model, x, None, model.backbone.conv1)
+
+
+def test_an_intermediate_layer_works_with_frozen_parameters(model) -> None:
+    """The input requires grad, so the captured activation does even when no parameter does (a frozen
+    backbone, as F-CAM keeps it)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    act, grad, _, _ = activations_and_grads(model, torch.randn(2, 3, 8, 8), None, model.backbone.conv1)
+    assert act.shape == (2, 4, 8, 8) and grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_layer_that_forward_never_runs_is_a_clear_error(model) -> None:
+    message = "target layer Conv2d produced no differentiable output"
+    with pytest.raises(RuntimeError, match=f"^{re.escape(message)}$"):
+        activations_and_grads(model, torch.randn(1, 3, 8, 8), None, model.backbone.unused)
+
+
+def test_gradcampp_weights_by_hand() -> None:
+    """A = 1 on a 2 x 2 map (sum 4); gradients 1, 2, 0.5, -1 with g2 = g^2, g3 = g^3:
+    alpha = g^2 / (2 g^2 + 4 g^3) = 1/6, 1/10, 1/4 and -1/2, times ReLU(g): 1/6 + 1/5 + 1/8 + 0."""
+    act = torch.ones(1, 1, 2, 2, dtype=torch.float64)
+    g1 = torch.tensor([[[[1.0, 2.0], [0.5, -1.0]]]], dtype=torch.float64)
+    weights = gradcampp_weights(act, g1, g1**2, g1**3, eps=0.0)
+    torch.testing.assert_close(weights, torch.tensor([[1 / 6 + 1 / 5 + 1 / 8]], dtype=torch.float64))
+    zero = torch.zeros_like(g1)
+    assert gradcampp_weights(act, zero, zero, zero).tolist() == [[0.0]]  # no gradient, no weight (eps > 0)
