@@ -77,3 +77,47 @@ def test_gradcampp_weights_by_hand() -> None:
     torch.testing.assert_close(weights, torch.tensor([[1 / 6 + 1 / 5 + 1 / 8]], dtype=torch.float64))
     zero = torch.zeros_like(g1)
     assert gradcampp_weights(act, zero, zero, zero).tolist() == [[0.0]]  # no gradient, no weight (eps > 0)
+
+
+def test_smooth_gradcampp_defaults_are_torchcams_and_seeded(model) -> None:
+    from wsol.cams.smoothgradcampp import SmoothGradCAMpp
+
+    method = SmoothGradCAMpp()
+    assert (method.n_samples, method.std, method.seed) == (4, 0.3, 0)
+    x = torch.randn(2, 3, 8, 8)
+    layer = model.backbone.conv1  # below a ReLU: the gradients there depend on the noise (at F they do not)
+    default = compute_cams(model, x, [0, 1], "smoothgradcampp", target_layer=layer).maps
+    torch.testing.assert_close(default, compute_cams(model, x, [0, 1], "smoothgradcampp", target_layer=layer,
+                                                     n_samples=4, std=0.3, seed=0).maps, rtol=0, atol=0)
+    for other in ({"seed": 1}, {"n_samples": 5}, {"std": 0.4}):
+        assert not torch.equal(default, compute_cams(model, x, [0, 1], "smoothgradcampp", target_layer=layer,
+                                                     **other).maps)
+
+
+def test_smooth_gradcampp_without_a_seed_draws_from_the_global_generator(model) -> None:
+    x = torch.randn(1, 3, 8, 8)
+    layer = model.backbone.conv1
+    torch.manual_seed(5)
+    first = compute_cams(model, x, [2], "smoothgradcampp", seed=None, target_layer=layer).maps
+    torch.manual_seed(5)
+    again = compute_cams(model, x, [2], "smoothgradcampp", seed=None, target_layer=layer).maps
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    assert not torch.equal(first, compute_cams(model, x, [2], "smoothgradcampp", seed=None, target_layer=layer).maps)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "smoothgradcampp", "xgradcam"])
+def test_relu_false_keeps_the_negative_evidence(model, method) -> None:
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    raw = compute_cams(model, x, [0, 1, 2], method, relu=False).maps
+    assert (raw < 0).any()  # this model's maps have negative parts
+    torch.testing.assert_close(compute_cams(model, x, [0, 1, 2], method).maps, raw.clamp_min(0), rtol=0, atol=0)
+
+
+def test_xgradcam_weights_by_hand() -> None:
+    """``sum(g A) / (sum A + eps)``: A sums to 1.5, g A to 3 -> 3 / (1.5 + 0.5) with eps = 0.5."""
+    from wsol.cams.xgradcam import XGradCAM
+
+    act = torch.tensor([[[[1.0, 0.5], [0.0, 0.0]]]])
+    grad = torch.tensor([[[[2.0, 2.0], [7.0, 7.0]]]])
+    assert XGradCAM(eps=0.5).weights(act, grad).tolist() == [[1.5]]
+    assert XGradCAM().eps == 1e-7
