@@ -121,3 +121,30 @@ def test_xgradcam_weights_by_hand() -> None:
     grad = torch.tensor([[[[2.0, 2.0], [7.0, 7.0]]]])
     assert XGradCAM(eps=0.5).weights(act, grad).tolist() == [[1.5]]
     assert XGradCAM().eps == 1e-7
+
+
+def test_a_model_without_a_feature_layer_attribute_takes_the_hook(model) -> None:
+    """Any module with ``features`` / ``logits_from_features`` / ``forward`` works at a named layer, whether
+    or not it declares a ``feature_layer``."""
+
+    class Bare(nn.Module):
+        def __init__(self, inner: WSOLClassifier) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def features(self, x):
+            return self.inner.features(x)
+
+        def logits_from_features(self, f):
+            return self.inner.logits_from_features(f)
+
+        def forward(self, x):
+            return self.inner(x)
+
+    bare = Bare(model)
+    assert not hasattr(bare, "feature_layer")
+    x = torch.randn(2, 3, 8, 8)
+    act, grad, logits, _ = activations_and_grads(bare, x, None, "inner.backbone.conv1")
+    expected = activations_and_grads(model, x, None, model.backbone.conv1)
+    torch.testing.assert_close(act, expected[0])
+    torch.testing.assert_close(grad, expected[1])
