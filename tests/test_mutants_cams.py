@@ -148,3 +148,53 @@ def test_a_model_without_a_feature_layer_attribute_takes_the_hook(model) -> None
     expected = activations_and_grads(model, x, None, model.backbone.conv1)
     torch.testing.assert_close(act, expected[0])
     torch.testing.assert_close(grad, expected[1])
+
+
+def test_eigencam_flips_a_map_whose_frame_is_high() -> None:
+    """One channel on 4 x 4: pixel (1, 1) = 10, the other interior pixels -5, the frame 1. Centred, the first
+    component is that map; oriented by its largest entry (+9.56 at (1, 1)) the whole frame (0.56) lies above
+    the mean (0), so the map is negated: the frame ends up low."""
+    from wsol.cams.eigencam import eigen_maps
+
+    act = torch.ones(1, 1, 4, 4)
+    act[0, 0, 1:3, 1:3] = -5.0
+    act[0, 0, 1, 1] = 10.0
+    centred = act[0, 0] - act.mean()
+    out = eigen_maps(act)[0]
+    torch.testing.assert_close(out, -centred, rtol=1e-5, atol=1e-5)  # one channel: s x u = the centred map
+    assert out[1, 1] < 0 and (out[0] < 0).all()
+
+
+def test_eigencam_at_the_feature_layer_sets_no_hook(model, monkeypatch) -> None:
+    import wsol.cams.eigencam as eigencam
+
+    x = torch.randn(2, 3, 8, 8)
+    expected = compute_cams(model, x, None, "eigencam").maps
+
+    def no_hooks(_layer):
+        raise AssertionError("a hook was set for the feature layer")
+
+    monkeypatch.setattr(eigencam, "capture_output", no_hooks)
+    torch.testing.assert_close(compute_cams(model, x, None, "eigencam", target_layer=model.feature_layer).maps,
+                               expected, rtol=0, atol=0)
+    with pytest.raises(AssertionError, match="a hook was set"):
+        compute_cams(model, x, None, "eigencam", target_layer=model.backbone.conv1)
+
+
+def test_eigencam_on_a_model_without_a_feature_layer_attribute(model) -> None:
+    from wsol.cams.eigencam import EigenCAM
+
+    class Bare(nn.Module):
+        def __init__(self, inner: WSOLClassifier) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    x = torch.randn(2, 3, 8, 8)
+    bare = Bare(model)
+    bare.num_classes = model.num_classes
+    assert not hasattr(bare, "feature_layer")
+    got = EigenCAM(target_layer="inner.backbone.conv1")(bare, x)
+    torch.testing.assert_close(got.maps, EigenCAM(target_layer=model.backbone.conv1)(model, x).maps)
