@@ -84,6 +84,7 @@ def test_synced_and_torch_free_forms_give_the_same_numbers(tmp_path):
     for synced in (False, True):
         evaluator = SplitEvaluator(meta, cam_curve_interval=0.05, iou_thresholds=(30, 50), synced=synced)
         assert type(evaluator.boxes).__name__ == ("BoxAccuracy" if synced else "BoxCounts")
+        assert evaluator.boxes.iou_thresholds == (30, 50) and len(evaluator.boxes.thresholds) == 20
         evaluator.update(meta.image_ids, square_maps(), LOGITS, torch.tensor([0, 1, 2]))
         results.append(evaluator.compute())
         states = {k: m.state_arrays() for k, m in evaluator.metrics.items()}
@@ -117,6 +118,19 @@ def test_masks_by_hand_and_left_out_when_asked(tmp_path):
     direct.update(maps, foreground, ignore)
     assert evaluator.compute() == {"masks": direct.compute()}
     assert evaluator.compute()["masks"]["PxAP"] == pytest.approx(100.0)
+    # the ignore region counts neither way: high scores there (image 0's bottom right) cost nothing
+    noisy = maps.copy()
+    noisy[0, 200:, 112:] = 1.0
+    with_ignore = SplitEvaluator(meta, mask_root, cam_curve_interval=0.1)
+    with_ignore.update(meta.image_ids, noisy)
+    assert with_ignore.compute()["masks"]["PxAP"] == pytest.approx(100.0)
+    unignored = PixelCounts(0.1)
+    unignored.update(noisy, foreground, None)
+    assert unignored.compute()["PxAP"] < 99
+    bad = maps.copy()
+    bad[2, 5, 5] = np.nan
+    with pytest.raises(WSOLError, match="img2.png"):
+        SplitEvaluator(meta, mask_root).update(meta.image_ids, bad)
     # masks passed in are used instead of loading them: the inverted foreground makes the maps all wrong
     inverted = SplitEvaluator(meta, mask_root, cam_curve_interval=0.1)
     inverted.update(meta.image_ids, maps, masks=(~foreground, np.zeros_like(ignore)))
