@@ -181,3 +181,17 @@ def test_evaluate_scoremaps_defaults_are_the_protocols(tmp_path):
     explicit = SplitEvaluator(meta, cam_curve_interval=0.001)
     explicit.update(meta.image_ids, square_maps())
     assert result == explicit.compute()["boxes"]
+
+
+def test_class_accuracy_states_are_integer_sums_across_processes():
+    """Two processes' (or ranks') metrics merge by summing their integer counters; one image is 0 or 100 %."""
+    one = ClassAccuracy()
+    one.update(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    assert one.compute() == {"top1_cls": 100.0, "top5_cls": 100.0, "num_images": 1}
+    first, second = ClassAccuracy(), ClassAccuracy()
+    first.update(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    second.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([1, 1]))
+    first.merge_state(second)
+    assert {name: (getattr(first, name).dtype, int(getattr(first, name))) for name in ("top1", "top5", "total")} == {
+        "top1": (torch.long, 2), "top5": (torch.long, 3), "total": (torch.long, 3)}
+    assert first.compute() == {"top1_cls": 200.0 / 3, "top5_cls": 100.0, "num_images": 3}
