@@ -49,7 +49,7 @@ declare -A MODULE_TESTS=(
     [maps/normalize]="tests/test_metrics.py tests/test_crf.py tests/test_pinned_maps.py tests/test_mutants_localize.py tests/test_mutants_maps.py"
     [maps/boxes]="tests/test_metrics.py tests/test_pinned_maps.py tests/test_pinned_localize.py tests/test_mutants_localize.py"
     [maps/variants]="tests/test_cams.py tests/test_pinned_maps.py tests/test_mutants_localize.py tests/test_mutants_maps.py"
-    [maps/crf]="tests/test_crf.py tests/test_pinned_crf.py tests/test_mutants_localize.py"
+    [maps/crf]="tests/test_crf.py tests/test_pinned_crf.py tests/test_mutants_localize.py tests/test_mutants_crf.py"
     [localize/folder]="tests/test_localize_cli.py tests/test_pinned_localize.py tests/test_mutants_localize.py"
     [cams/base]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py tests/test_published_maps.py tests/test_mutants_cams_base.py"
     [cams/gradient]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py"
@@ -61,9 +61,9 @@ declare -A MODULE_TESTS=(
     [cams/xgradcam]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py"
     [cams/layercam]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py"
     [cams/eigencam]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py"
-    [fcam/losses]="tests/test_fcam_losses.py tests/test_pinned_fcam.py tests/test_mutants_fcam.py"
-    [fcam/sampling]="tests/test_fcam_sampling.py tests/test_fcam_losses.py tests/test_mutants_fcam.py"
-    [data/metadata]="tests/test_metadata.py tests/test_prepare.py tests/test_evaluate_cli.py tests/test_mutants_metadata.py"
+    [fcam/losses]="tests/test_fcam_losses.py tests/test_pinned_fcam.py tests/test_mutants_fcam.py tests/test_mutants_fcam_losses.py"
+    [fcam/sampling]="tests/test_fcam_sampling.py tests/test_fcam_losses.py tests/test_mutants_fcam.py tests/test_mutants_fcam_sampling.py"
+    [data/metadata]="tests/test_metadata.py tests/test_prepare.py tests/test_evaluate_cli.py tests/test_mutants_metadata.py tests/test_mutants_metadata_more.py"
 )
 # the modules of which only some functions are mutated (mutmut's mutant-name globs)
 declare -A MODULE_FUNCTIONS=(
