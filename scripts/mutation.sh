@@ -40,10 +40,10 @@ JOBS="${MUTATION_JOBS:-2}"
 # module -> the test files that cover it (those that do not exist are left out)
 declare -A MODULE_TESTS=(
     [metrics/box_accuracy]="tests/test_metrics.py tests/test_pinned_metrics.py tests/test_mutants_metrics.py"
-    [metrics/pixel_ap]="tests/test_metrics.py tests/test_mutants_metrics.py"
+    [metrics/pixel_ap]="tests/test_metrics.py tests/test_mutants_metrics.py tests/test_split_evaluator.py"
     [metrics/counts]="tests/test_metrics.py tests/test_pinned_metrics.py tests/test_scale_out.py tests/test_mutants_metrics.py"
     [metrics/_kernels]="tests/test_mutants_kernels.py tests/test_metrics.py::test_pixel_bins_equal_numpy_histogram_at_and_around_every_edge"
-    [metrics/scoremaps]="tests/test_evaluate_cli.py tests/test_mutants_metrics.py"
+    [metrics/scoremaps]="tests/test_evaluate_cli.py tests/test_mutants_metrics.py tests/test_split_evaluator.py"
     [metrics/split]="tests/test_split_evaluator.py tests/test_evaluate_cli.py"
     [metrics/classification]="tests/test_split_evaluator.py"
     [maps/normalize]="tests/test_metrics.py tests/test_crf.py tests/test_pinned_maps.py tests/test_mutants_localize.py tests/test_mutants_maps.py"

@@ -195,3 +195,68 @@ def test_class_accuracy_states_are_integer_sums_across_processes():
     assert {name: (getattr(first, name).dtype, int(getattr(first, name))) for name in ("top1", "top5", "total")} == {
         "top1": (torch.long, 2), "top5": (torch.long, 3), "total": (torch.long, 3)}
     assert first.compute() == {"top1_cls": 200.0 / 3, "top5_cls": 100.0, "num_images": 3}
+
+
+def test_evaluate_scoremaps_options_errors_and_names(tmp_path):
+    import re
+
+    from wsol.metrics.scoremaps import evaluate_scoremaps
+
+    meta = write_split(tmp_path / "boxes", masks=False)
+    maps_dir = tmp_path / "maps"
+    with pytest.raises(WSOLError, match=f"^{re.escape(str(maps_dir))}: score map folder not found$"):
+        evaluate_scoremaps(meta, maps_dir)
+    for image_id, score_map in zip(meta.image_ids, square_maps()):
+        (maps_dir / image_id).parent.mkdir(parents=True, exist_ok=True)
+        np.save(maps_dir / f"{image_id}.npy", score_map)
+    result, boxes, _ = evaluate_scoremaps(meta, maps_dir, cam_curve_interval=0.1, iou_thresholds=(30, 50))
+    assert result["cam_curve_interval"] == 0.1 and result["iou_thresholds"] == [30, 50]
+    assert len(boxes.thresholds) == 10
+    bad = square_maps()[1]
+    bad[3, 3] = np.nan
+    np.save(maps_dir / f"{meta.image_ids[1]}.npy", bad)
+    with pytest.raises(WSOLError, match=re.escape(str(maps_dir / f"{meta.image_ids[1]}.npy"))):
+        evaluate_scoremaps(meta, maps_dir)
+    # a split with masks but no --mask-root, and one without any annotation
+    masked = write_split(tmp_path / "masks", masks=True)
+    message = f"{masked.split_dir}: no localization.txt with boxes or masks to evaluate against"
+    with pytest.raises(WSOLError, match=f"^{re.escape(message + ' (pass --mask-root for its masks)')}$"):
+        evaluate_scoremaps(masked, maps_dir)
+    masked.mask_paths = None
+    with pytest.raises(WSOLError, match=f"^{re.escape(message)}$"):
+        evaluate_scoremaps(masked, maps_dir)
+    masked = write_split(tmp_path / "masks2", masks=True)
+    (tmp_path / "masks2" / "masks" / "bottom.png").unlink()  # the mask files are checked before any map is read
+    with pytest.raises(WSOLError, match=r"bottom\.png: mask file of image 'c0/img0\.png' not found"):
+        evaluate_scoremaps(masked, maps_dir, mask_root=tmp_path / "masks2" / "masks")
+
+
+def test_evaluate_scoremaps_reads_64_maps_a_batch_by_default(tmp_path):
+    from wsol.metrics.scoremaps import evaluate_scoremaps
+
+    split = tmp_path / "split"
+    split.mkdir()
+    ids = [f"c0/img{k}.png" for k in range(65)]
+    (split / "image_ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    (split / "class_labels.txt").write_text("".join(f"{i},0\n" for i in ids))
+    (split / "image_sizes.txt").write_text("".join(f"{i},224,224\n" for i in ids))
+    (split / "localization.txt").write_text("".join(f"{i},0,0,111,111\n" for i in ids))
+    maps_dir = tmp_path / "maps" / "c0"
+    maps_dir.mkdir(parents=True)
+    for i in ids:
+        np.save(tmp_path / "maps" / f"{i}.npy", square_maps()[0])
+    seen = []
+    evaluate_scoremaps(Metadata.load(split), tmp_path / "maps", cam_curve_interval=0.5, on_batch=seen.append)
+    assert seen == [64, 1]
+
+
+def test_pixel_ap_takes_maps_that_require_grad():
+    from wsol.metrics import PixelAP
+
+    maps = torch.rand(2, 8, 8, requires_grad=True)
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, :4] = True
+    metric, plain = PixelAP(0.1), PixelAP(0.1)
+    metric.update(maps, masks)
+    plain.update(maps.detach().numpy(), masks.numpy())
+    assert metric.compute() == plain.compute()
