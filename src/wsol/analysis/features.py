@@ -308,9 +308,9 @@ def analyze_split(split_dir: str | Path, data_root: str | Path, model: nn.Module
     from wsol.analysis.inputs import classifier_of
     from wsol.cams.base import preserved_state, target_weights
     from wsol.data.datasets import ImageSource, check_data_root, collate_images, default_workers
-    from wsol.data.metadata import Metadata, read_class_names
+    from wsol.data.metadata import read_class_names
     from wsol.data.transforms import normalize_batch
-    from wsol.localize.pipeline import check_batching, preprocessing, resolve_device
+    from wsol.localize.pipeline import check_batching, open_split, preprocessing, resolve_device
 
     if gt not in ("auto", "boxes", "masks"):
         raise WSOLError(f"--gt must be auto, boxes or masks, got {gt!r}")
@@ -322,10 +322,7 @@ def analyze_split(split_dir: str | Path, data_root: str | Path, model: nn.Module
         raise WSOLError(f"--bins must be >= 1, got {bins}")
     check_batching(batch_size, workers)
     dev = resolve_device(device)
-    meta = Metadata.load(split_dir, mask_root)
-    root = Path(data_root)
-    if not root.is_dir():
-        raise WSOLError(f"--data-root {root}: folder not found")
+    meta, root = open_split(split_dir, data_root, mask_root)
     use_masks = gt == "masks" or (gt == "auto" and mask_root is not None and meta.has_masks)
     if use_masks:
         if not meta.has_masks:

@@ -268,3 +268,14 @@ def claim_folder(record: Path, config: dict[str, Any], has_results: bool, option
             raise WSOLError(f"{option} {record.parent}: holds results made with {k}={old[k]!r}, not "
                             f"{config[k]!r}; use another folder or delete it to start over")
     write_text(record, json.dumps(config, indent=1) + "\n")
+
+
+def open_split(split_dir: str | Path, data_root: str | Path, mask_root: str | Path | None = None) -> tuple[Any, Path]:
+    """A WSOL split's metadata and its images' root folder (``--data-root``), checked to exist."""
+    from wsol.data.metadata import Metadata
+
+    meta = Metadata.load(split_dir, mask_root)
+    root = Path(data_root)
+    if not root.is_dir():
+        raise WSOLError(f"--data-root {root}: folder not found")
+    return meta, root

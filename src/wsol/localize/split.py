@@ -23,6 +23,7 @@ from wsol.localize.pipeline import (
     checkpoint_id,
     claim_folder,
     localize_loader,
+    open_split,
     resolve_device,
 )
 from wsol.maps.crf import crf_on_images
@@ -72,7 +73,6 @@ def _localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modu
                     device: str, workers: int | None, image_size: int, cam_curve_interval: float,
                     iou_thresholds: Sequence[int], crf: bool, checkpoint: str | None, quiet: bool,
                     shard: tuple[int, int] | None, shard_dir: str | Path | None) -> Summary:
-    from wsol.data.metadata import Metadata
     from wsol.localize.shards import STATE_FILE, in_shard, save_states, write_shard_record
     from wsol.metrics.counts import threshold_list
     from wsol.metrics.split import SplitEvaluator
@@ -83,10 +83,7 @@ def _localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modu
     threshold_list(cam_curve_interval)  # a bad interval fails before anything is written
     check_batching(batch_size, workers)
     dev = resolve_device(device)
-    meta = Metadata.load(split_dir, mask_root)
-    root = Path(data_root)
-    if not root.is_dir():
-        raise WSOLError(f"--data-root {root}: folder not found")
+    meta, root = open_split(split_dir, data_root, mask_root)
     k = int(model.num_classes)
     bad = [i for i in meta.image_ids if meta.labels[i] >= k]
     if bad:
