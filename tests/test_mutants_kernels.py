@@ -29,19 +29,20 @@ def _iou(box: np.ndarray, gt: np.ndarray) -> float:
     return best
 
 
-def _opencv_levels(u8: np.ndarray, cut: int, gt: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+def _opencv_levels(u8: np.ndarray, cut: int, gt: np.ndarray, criteria: np.ndarray = CRITERIA
+                   ) -> tuple[int, np.ndarray, np.ndarray]:
     """(outer contours, outer contours reaching each criterion, whether any contour reaches it) at ``u8 > cut``."""
     height, width = u8.shape
     contours, hierarchy = cv2.findContours((u8 > cut).astype(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
-    outer_passing = np.zeros(len(CRITERIA), np.int64)
-    any_passing = np.zeros(len(CRITERIA), bool)
+    outer_passing = np.zeros(len(criteria), np.int64)
+    any_passing = np.zeros(len(criteria), bool)
     num_outer = 0
     for i, contour in enumerate(contours):
         depth, parent = 0, hierarchy[0, i, 3]
         while parent >= 0:
             depth, parent = depth + 1, hierarchy[0, parent, 3]
         x, y, w, h = cv2.boundingRect(contour)
-        passes = _iou(np.array([x, y, min(x + w, width - 1), min(y + h, height - 1)]), gt) >= CRITERIA
+        passes = _iou(np.array([x, y, min(x + w, width - 1), min(y + h, height - 1)]), gt) >= criteria
         any_passing |= passes
         if depth % 2 == 0:
             num_outer += 1
@@ -192,6 +193,7 @@ def test_pixel_histograms_equal_numpy_on_random_maps(interval):
     np.testing.assert_array_equal(counts[1], np.histogram(values[~fg & ~ignore], edges)[0])
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # compiled, a division by zero raises
 def test_sweep_levels_one_pixel_box_and_inverted_gt():
     """A lone pixel in the bottom-right corner: its box (2, 2, 2, 2) is one pixel (the quirk is clipped), so a
     GT on it has union 1 and IoU 1. An inverted GT box (x1 < x0) has a negative area: union <= 0, IoU 0."""
@@ -203,3 +205,153 @@ def test_sweep_levels_one_pixel_box_and_inverted_gt():
     assert num[0] == 1 and passing[0, 0] == 1 and anyp[0, 0]
     num, passing, anyp = sweep_levels(u8, needed, np.array([[10, 0, 0, 3]], np.int64), np.array([0.0001]))
     assert num[0] == 1 and passing[0, 0] == 0 and not anyp[0, 0]
+    # area -1 against the box's 1: union 0, IoU 0 (the reference's 0 / 0 is NaN, which passes no criterion)
+    num, passing, anyp = sweep_levels(u8, needed, np.array([[2, 2, 0, 2]], np.int64), np.array([0.0, 0.5]))
+    assert num[0] == 1 and passing[0].tolist() == [1, 0] and anyp[0].tolist() == [True, False]
+
+
+def test_sweep_levels_hole_at_the_lowest_cut_only():
+    """A ring at 1 around one 0: its hole exists at cut 0 only, and only the hole's box (1, 1, 4, 4) is the
+    GT's; the ring's box (0, 0, 4, 4) has IoU 16 / 25."""
+    u8 = np.ones((5, 5), np.uint8)
+    u8[2, 2] = 0
+    needed = np.zeros(256, bool)
+    needed[0] = True
+    num, passing, anyp = sweep_levels(u8, needed, np.array([[1, 1, 4, 4]], np.int64), np.array([0.6, 1.0]))
+    assert num[0] == 1 and passing[0].tolist() == [1, 0] and anyp[0].tolist() == [True, True]
+
+
+# the neighbour bits of the sweep's 8-neighbourhood code: bit j is the pixel at NEIGHBOURS[j] (dx, dy)
+NEIGHBOURS = [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)]
+
+
+def _patch(code: int, centre: int) -> np.ndarray:
+    """A 5 x 5 zero frame around the 3 x 3 neighbourhood of ``code``, its centre set to ``centre``."""
+    patch = np.zeros((5, 5), np.uint8)
+    for j, (dx, dy) in enumerate(NEIGHBOURS):
+        patch[2 + dy, 2 + dx] = code >> j & 1
+    patch[2, 2] = centre
+    return patch
+
+
+def test_euler_delta_table_is_four_times_the_change_of_skimages_euler_number():
+    """Every entry: switching the centre on changes the 8-connected Euler number (components - holes) by
+    table / 4, with scikit-image's Euler number as the reference (called directly: the sweep reads the table
+    built at import)."""
+    from skimage.measure import euler_number
+
+    from wsol.metrics._kernels import _euler_delta_table
+
+    table = _euler_delta_table()
+    expected = [4 * (euler_number(_patch(code, 1), connectivity=2) - euler_number(_patch(code, 0), connectivity=2))
+                for code in range(256)]
+    assert table.dtype == np.int64 and table.shape == (256,)
+    assert table.tolist() == expected
+    # alone: +1 component; beside one: no change; between two (n and s): they merge; in a ring: fills its hole
+    assert (table[0], table[0b10], table[0b01000010], table[0b11111111]) == (4, 0, -4, 4)
+
+
+def test_representatives_table_names_one_neighbour_per_group_of_adjacent_neighbours():
+    """Every entry: one index per group of mutually 8-adjacent active neighbours (the groups of the ring
+    without its centre, by scipy's 8-connected labelling), -1 after them."""
+    from scipy import ndimage
+
+    from wsol.metrics._kernels import _representatives_table
+
+    table = _representatives_table()
+    assert table.dtype == np.int64 and table.shape == (256, 4)
+    for code in range(256):
+        labels, count = ndimage.label(_patch(code, 0), structure=np.ones((3, 3)))
+        reps = [int(r) for r in table[code] if r >= 0]
+        assert table[code].tolist() == reps + [-1] * (4 - len(reps)), code  # the -1 padding only at the end
+        assert reps == sorted(reps) and all(code >> r & 1 for r in reps), code
+        groups = [labels[2 + NEIGHBOURS[r][1], 2 + NEIGHBOURS[r][0]] for r in reps]
+        assert sorted(groups) == list(range(1, count + 1)), code  # one per group, every group
+    assert table[0b10100101].tolist() == [0, 2, 5, 7]  # the four corners: four groups
+    assert table[0b11111111].tolist() == [0, -1, -1, -1]  # the whole ring: one
+
+
+def test_top_follows_links_to_the_root():
+    from wsol.metrics._kernels import _top
+
+    assert _top({0: 0, 3: 0, 5: 3, 7: 7}, 5) == 0
+    assert _top({0: 0, 3: 0, 5: 3, 7: 7}, 7) == 7
+
+
+def test_importing_the_kernels_skips_numbas_blas_probe_and_keeps_its_answer():
+    """In a fresh interpreter (the probe runs at import): importing the kernels loads numba's arraymath
+    without importing scipy.linalg, sets its BLAS flag as the probe would (scipy is installed), and puts the
+    real probe back in both modules."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "import wsol.metrics._kernels\n"
+        "import numba.np.arraymath as arraymath, numba.np.linalg as linalg\n"
+        "print(json.dumps({'scipy_linalg': 'scipy.linalg' in sys.modules, 'have_blas': arraymath._HAVE_BLAS,\n"
+        "                  'same_probe': arraymath.ensure_blas is linalg.ensure_blas,\n"
+        "                  'probe': linalg.ensure_blas.__name__}))\n"
+    )
+    # the same modules as this process (under mutmut: its mutated copy; MUTANT_UNDER_TEST is inherited)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "scipy_linalg": False, "have_blas": True, "same_probe": True, "probe": "ensure_blas"}
+
+
+def _background_boxes(u8: np.ndarray, cut: int) -> list[list[int]]:
+    """The box a hole's contour would have, for every 4-connected background component of ``u8 > cut`` (the
+    holes and the bays that touch the frame): the component's box grown by one pixel, with the quirk."""
+    height, width = u8.shape
+    count, _, stats, _ = cv2.connectedComponentsWithStats((u8 <= cut).astype(np.uint8), connectivity=4)
+    return [[x - 1, y - 1, min(x + w, width - 1), min(y + h, height - 1)] for x, y, w, h, _ in stats[1:count]]
+
+
+def _holey_maps() -> list[np.ndarray]:
+    """Small uint8 maps full of holes, bays, nested rings and merges: few levels on random blobs."""
+    rng = np.random.default_rng(2024)
+    maps = []
+    for _ in range(14):
+        height, width = rng.integers(5, 11, 2)
+        levels = rng.integers(0, 4, (height, width)) * rng.integers(1, 85)
+        maps.append(np.minimum(levels, 255).astype(np.uint8))
+    rings = np.zeros((11, 11), np.uint8)
+    for level, inset in [(50, 1), (0, 2), (120, 3), (0, 4)]:  # nested rings, holes touching rows/columns 1
+        rings[inset:11 - inset, inset:11 - inset] = level
+    rings[1:10, 1] = 50
+    maps.append(rings)
+    merged = np.full((7, 9), 200, np.uint8)
+    merged[3, 3:6] = [0, 50, 0]  # two holes at cuts 0-49, one (two merged by the 50) at cuts 50-199
+    maps.append(merged)
+    two_holes = np.full((7, 9), 200, np.uint8)
+    two_holes[3, [2, 6]] = [100, 0]  # filling the hole at 100 leaves the other: 1 component, 1 hole, at cuts 0-99
+    maps.append(two_holes)
+    return maps
+
+
+@pytest.mark.parametrize("index", range(len(_holey_maps())))
+def test_sweep_levels_equals_opencv_with_gt_on_holes_and_bays(index):
+    """GT boxes on the boxes of holes (where only the hole's contour reaches IoU 1) and on the would-be boxes
+    of bays (background touching the frame: no contour has them), at every cut, at sparse cuts and at one."""
+    u8 = _holey_maps()[index]
+    rng = np.random.default_rng(index)
+    candidates = {tuple(box) for cut in np.unique(u8)[:-1] for box in _background_boxes(u8, cut)}
+    criteria = np.array([0.5, 0.8, 1.0])
+    for box in sorted(candidates):
+        gt = np.array([box], np.int64)
+        for needed_cuts in (np.arange(256), np.unique(np.concatenate([u8.ravel(), u8.ravel() - 1]).clip(0, 255)),
+                            [int(rng.choice(np.unique(u8)[:-1]))]):
+            needed = np.zeros(256, bool)
+            needed[needed_cuts] = True
+            num_components, components_passing, any_passing = sweep_levels(u8, needed, gt, criteria)
+            for cut in np.unique(np.concatenate([u8.ravel(), u8.ravel() - 1]).clip(0, 255)):
+                if not needed[cut]:
+                    continue
+                outer, outer_passing, any_pass = _opencv_levels(u8, cut, gt, criteria)
+                where = f"box {box}, cut {cut}, needed {len(needed_cuts)}"
+                assert num_components[cut] == outer, where
+                np.testing.assert_array_equal(components_passing[cut], outer_passing, err_msg=where)
+                np.testing.assert_array_equal(any_passing[cut], any_pass, err_msg=where)
