@@ -63,6 +63,17 @@ def test_box_accuracy_threaded_and_serial_updates_agree_by_hand():
         np.testing.assert_allclose(metric.curves()["all"][2], [100 / 3] * 3 + [200 / 3] * 7, rtol=1e-12)
 
 
+def test_box_accuracy_takes_maps_that_require_grad():
+    """A model's output (a tensor that requires grad) is detached, not refused by numpy; the counts are the
+    same as from the array."""
+    maps, boxes = three_images()
+    metric, plain = BoxAccuracy(cam_curve_interval=0.1), BoxAccuracy(cam_curve_interval=0.1)
+    metric.update(torch.from_numpy(maps).requires_grad_(), boxes)
+    plain.update(maps, boxes)
+    np.testing.assert_allclose(metric.curves()["all"][2], [100 / 3] * 3 + [200 / 3] * 7, rtol=1e-12)
+    assert metric.compute() == plain.compute()
+
+
 def test_box_accuracy_other_iou_criteria():
     """IoU criteria (40, 100): the 0.5 boxes miss both, the exact ones reach 100 %."""
     maps, boxes = three_images()
