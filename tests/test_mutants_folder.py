@@ -335,3 +335,69 @@ def test_a_shard_of_nothing_names_the_paths(tiny_model, stand_in, tmp_path):
                         shard=(0, 2))
     assert str(error.value) == f"no image found under {empty}, {other}"
     assert not (tmp_path / "out" / "shard.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- loader, progress
+
+
+def test_the_workers_asked_for_reach_the_loader_and_none_means_the_default(tiny_model, stand_in, tmp_path,
+                                                                           monkeypatch):
+    import wsol.localize.folder as folder_module
+    from wsol.data.datasets import default_workers
+
+    seen = []
+    real = folder_module.image_loader
+
+    def recording(dataset, batch_size, workers, device):
+        seen.append(workers)
+        return real(dataset, batch_size, 0, device)  # no worker process in the test
+
+    monkeypatch.setattr(folder_module, "image_loader", recording)
+    _image(tmp_path / "a.png", (40, 30), 60)
+    stand_in({})
+    _run([tmp_path / "a.png"], tmp_path / "o1", tiny_model, workers=3)
+    _run([tmp_path / "a.png"], tmp_path / "o2", tiny_model, workers=None)
+    assert seen == [3, default_workers(torch.device("cpu"))]
+
+
+def test_the_progress_bar_counts_every_file_read_or_broken(tiny_model, stand_in, tmp_path, capsys):
+    """Two images and a broken one: the bar ends at 3/3 (a broken file is a step too)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _image(folder / "a.png", (40, 30), 60)
+    _image(folder / "b.png", (40, 30), 90)
+    (folder / "c.png").write_text("not a picture\n")
+    stand_in({})
+    summary = localize_images([folder], tmp_path / "out", tiny_model, LocalizeOptions(batch_size=1, workers=0))
+    assert (summary.processed, len(summary.skipped)) == (2, 1)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "100%" in err, err
+
+
+def test_saved_crf_map_on_a_textured_image_is_upsampled_without_aligned_corners(tiny_model, stand_in, tmp_path):
+    """A bright square on a dark 640 x 480 image (display 512 x 384) and a map that covers it loosely: the
+    refined map follows the square's edges, so how the display grid is brought to the original size shows
+    (align_corners=True would move every edge)."""
+    from wsol.data.datasets import DISPLAY_SIZE, ImageSource
+    from wsol.maps.normalize import minmax_normalize
+
+    pixels = _pixels((640, 480), 200)
+    pixels[100:300, 160:440, 0] = 250  # red square; blue keeps the code
+    Image.fromarray(pixels).save(tmp_path / "sq.png")
+    plan = np.full((384, 512), 0.2, np.float32)
+    plan[60:260, 100:380] = 0.8
+    stand_in({200: plan})
+    out = tmp_path / "out"
+    localize_images([tmp_path / "sq.png"], out, tiny_model,
+                    LocalizeOptions(batch_size=1, workers=0, save_maps=True, crf=True), quiet=True)
+    (rec,) = _lines(out / "results.jsonl")
+    saved = np.load(out / rec["map"])
+    display = ImageSource([tmp_path / "sq.png"], 176, "bicubic", DISPLAY_SIZE)[0]["display"]
+    refined = crf_on_images(torch.from_numpy(display)[None], minmax_normalize(plan)[None])[0].astype(np.float32)
+
+    def upsampled(align_corners: bool) -> np.ndarray:
+        return F.interpolate(torch.from_numpy(refined)[None, None], size=(480, 640), mode="bilinear",
+                             align_corners=align_corners)[0, 0].numpy()
+
+    np.testing.assert_allclose(saved, upsampled(False), atol=1e-6)
+    assert np.abs(upsampled(True) - upsampled(False)).max() > 1e-3  # far above the tolerance: it tells them apart

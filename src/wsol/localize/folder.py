@@ -151,10 +151,7 @@ def _localize_images(paths: Sequence[str | Path], out_dir: str | Path, model: nn
     found = find_image_files(paths, exclude=[out_dir])  # its own output is never input
     everything = len(found.files) + len(found.ignored)
     shard_order = select_found(found, shard)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise WSOLError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)  # made (or refused when not a folder) by the caller's FolderLock
     prep = preprocessing(model)
     size = options.image_size or prep["size"]
     options.image_size = size
