@@ -139,7 +139,11 @@ def main() -> int:
         print(f"{bug.name:26s} {'caught' if caught else 'MISSED'} {seconds:6.1f} s  {detail}", flush=True)
         rows.append((bug, caught, detail, seconds))
     if args.out:
-        lines = ["| bug | planted in | caught | first failing test | s |", "|---|---|---|---|---|"]
+        lines = ["# Issue 12's hand-made bugs, planted one at a time", "",
+                 f"`{' '.join(['python', 'scripts/seeded_bugs.py', *sys.argv[1:]])}` on {time.strftime('%Y-%m-%d')}: "
+                 "each bug in a scratch copy of `src/`, then `pytest -x` on the test files listed for it in the "
+                 "script; 'caught' = they failed. The 2-core machine; seconds include pytest's start.", "",
+                 "| bug | planted in | caught | first failing test | s |", "|---|---|---|---|---|"]
         lines += [f"| {b.what} (`{b.name}`) | `{b.file}` | {'yes' if c else '**no**'} | `{d}` | {s:.0f} |"
                   for b, c, d, s in rows]
         args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
