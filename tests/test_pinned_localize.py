@@ -20,9 +20,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import wsol.localize.pipeline as pipeline_module
+from stand_ins import input_rgb
 from wsol.cams import CAMOutput
 from wsol.cli import app
-from wsol.localize.pipeline import preprocessing
 from wsol.maps import box_iou
 from wsol.maps.boxes import boxes_with_scores
 
@@ -48,12 +48,8 @@ class StandIn:
 
     def __call__(self, model, images, targets=None, method="cam", **_options) -> CAMOutput:
         self.calls += 1
-        prep = preprocessing(model)
-        mean = torch.tensor(prep["mean"]).view(1, 3, 1, 1)
-        std = torch.tensor(prep["std"]).view(1, 3, 1, 1)
-        rgb = ((images.float().cpu() * std + mean) * 255).round()
         maps = []
-        for row in rgb:
+        for row in input_rgb(model, images):
             code = int(row[2].median())
             near = [c for c in self.plans if abs(c - code) <= 6]
             maps.append(torch.from_numpy(self.plans[near[0]]) if near else row[0] / 255)
