@@ -15,10 +15,11 @@
 # counts timeouts as killed and does not yet exclude the equivalent mutants. The table with the equivalent mutants
 # explained is benchmarks/results/mutation.md.
 #
-# How long: the modules have 80-540 mutants each (about 3,500 in all); each mutant runs only the tests that
-# call its function. Measured only on the shared 2-core machine of 2026-12-01 (load 9-14 from other jobs,
-# mutmut at nice 10): about 0.1 mutant/s per module, i.e. 15 min (pixel_ap) to 1.5 h (box_accuracy) per module
-# and many hours for all; an unloaded machine is faster (not measured). Run modules in parallel (one script
+# How long: the modules have 3-834 mutants each (about 5,700 in all); each mutant runs only the tests that
+# call its function. On the quiet 2-core machine of 2026-12-07 (mutmut at nice 10, two modules at once):
+# box_accuracy 2.5 min (61 mutants), localize/folder 14 min (457, MUTATION_JOBS=2), _kernels 18 min (817,
+# pure Python); on the shared machine of 2026-12-01 (load 9-14) about 0.1 mutant/s per module. Some hours for
+# all. Run modules in parallel (one script
 # per module, MUTATION_JOBS=1). The first run of a module also runs its test files once for mutmut's stats
 # (1-5 min); a rerun in the same $MUTATION_DIR starts from scratch (the copy is rebuilt), except with
 # MUTATION_RERUN=1: then only the last run's survivors (and mutants no test reached) run again, the same
@@ -31,6 +32,10 @@
 # copy drops the @njit decorators (the pure-Python function is the same code) and makes the one line whose
 # meaning differs without numba (uint8 + 1 wraps in numpy, not in numba) compute in int64; its tests are the
 # ones on small maps, as pure Python is slow.
+# A function that runs only when its module is imported (_kernels' BLAS-probe skip, the tables) is attributed
+# to no test by mutmut's stats, so its mutants run against unrelated tests and "survive": check them with
+# MUTANT_UNDER_TEST=<mutant> PYTHONPATH=src pytest <its test> in $MUTATION_DIR/<module>/mutants (a test that
+# calls the builder itself or imports the module in a fresh interpreter sees the mutant).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MUTMUT="$ROOT/.venv/bin/mutmut"
