@@ -56,6 +56,7 @@ declare -A MODULE_TESTS=(
     [maps/variants]="tests/test_cams.py tests/test_pinned_maps.py tests/test_mutants_localize.py tests/test_mutants_maps.py"
     [maps/crf]="tests/test_crf.py tests/test_pinned_crf.py tests/test_mutants_localize.py tests/test_mutants_crf.py"
     [localize/folder]="tests/test_localize_cli.py tests/test_pinned_localize.py tests/test_mutants_localize.py tests/test_mutants_folder.py"
+    [localize/split]="tests/test_localize_cli.py tests/test_scale_out.py tests/test_evaluate_cli.py tests/test_cli_paths.py tests/test_mutants_split.py"
     [cams/base]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py tests/test_published_maps.py tests/test_mutants_cams_base.py"
     [cams/gradient]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py"
     [cams/cam]="tests/test_cams.py tests/test_cams_references.py tests/test_mutants_cams.py tests/test_published_maps.py"
@@ -78,7 +79,7 @@ ORDER=(metrics/box_accuracy metrics/pixel_ap metrics/counts metrics/_kernels met
        metrics/split metrics/classification maps/normalize maps/boxes maps/variants maps/crf
        cams/base cams/gradient cams/cam cams/pc1 cams/gradcam cams/gradcampp cams/smoothgradcampp
        cams/xgradcam cams/layercam cams/eigencam
-       fcam/losses fcam/sampling data/metadata localize/folder)
+       fcam/losses fcam/sampling data/metadata localize/folder localize/split)
 
 modules=()
 for arg in "${@:-${ORDER[@]}}"; do
