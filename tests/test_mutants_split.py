@@ -114,3 +114,148 @@ def test_a_held_folder_is_named_by_its_option(tiny_model, split, tmp_path, held)
             localize_split(meta, root, tiny_model, scoremap_dir=maps_dir, shard=(0, 1), shard_dir=out, quiet=True)
     folder = out if held == "--out" else maps_dir
     assert str(error.value) == f"{held} {folder}: in use by this process (pid {os.getpid()}) already"
+
+
+def _write_split(meta: Path, labels: dict[str, int], sizes: dict[str, tuple[int, int]], boxes: bool = True) -> None:
+    meta.mkdir()
+    (meta / "image_ids.txt").write_text("".join(f"{i}\n" for i in labels))
+    (meta / "class_labels.txt").write_text("".join(f"{i},{c}\n" for i, c in labels.items()))
+    (meta / "image_sizes.txt").write_text("".join(f"{i},{w},{h}\n" for i, (w, h) in sizes.items()))
+    if boxes:
+        (meta / "localization.txt").write_text("".join(f"{i},1,1,{w - 2},{h - 2}\n" for i, (w, h) in sizes.items()))
+
+
+def _sizes(root: Path, ids: list[str]) -> dict[str, tuple[int, int]]:
+    return {i: Image.open(root / i).size for i in ids}
+
+
+def test_errors_name_the_culprit(tiny_model, split, tmp_path):
+    meta, root, ids, _ = split
+    sizes = _sizes(root, ids)
+
+    def message(split_dir, **options) -> str:
+        with pytest.raises(WSOLError) as error:
+            localize_split(split_dir, root, tiny_model, quiet=True, **options)
+        return str(error.value)
+
+    assert message(meta) == "--metadata needs --scoremaps DIR and/or --evaluate"
+    big = tmp_path / "big"
+    _write_split(big, dict(zip(ids, [0, 3, 7])), sizes)  # 3 = the first label past the model's classes
+    assert message(big, evaluate=True) == f"{big}: label 3 of 'c1/img1.png' >= the model's 3 classes"
+    no_boxes = tmp_path / "nobox"
+    _write_split(no_boxes, dict(zip(ids, [0, 1, 2])), sizes, boxes=False)
+    assert message(no_boxes, evaluate=True) == f"{no_boxes}: has no boxes; give --mask-root to evaluate its masks"
+    assert not (tmp_path / "maps").exists()
+
+
+def test_unreadable_images_stop_an_evaluation_naming_the_first_and_the_count(tiny_model, split, tmp_path):
+    meta, root, ids, labels = split
+    broken = tmp_path / "images"
+    for i in ids:
+        (broken / i).parent.mkdir(parents=True, exist_ok=True)
+        (broken / i).write_bytes((root / i).read_bytes())
+    (broken / ids[1]).write_text("not a picture\\n")
+    reason = "not an image (unknown format)"
+    with pytest.raises(WSOLError) as error:
+        localize_split(meta, broken, tiny_model, evaluate=True, quiet=True)
+    assert str(error.value) == f"{ids[1]}: unreadable ({reason}); the protocol needs every image of the split"
+    (broken / ids[2]).write_text("not a picture either\\n")
+    with pytest.raises(WSOLError) as error:
+        localize_split(meta, broken, tiny_model, evaluate=True, quiet=True)
+    assert str(error.value) == (f"{ids[1]}: unreadable ({reason}); the protocol needs every image of the split "
+                                "(2 unreadable)")
+    # score maps alone: the readable image is written, the others are reported
+    summary = localize_split(meta, broken, tiny_model, scoremap_dir=tmp_path / "maps", quiet=True)
+    assert summary.processed == 1 and [s[0] for s in summary.skipped] == ids[1:]
+
+
+def test_score_maps_resume_and_other_settings_are_refused(tiny_model, split, tmp_path):
+    meta, root, ids, _ = split
+    maps_dir = tmp_path / "maps"
+    first = localize_split(meta, root, tiny_model, scoremap_dir=maps_dir, batch_size=1, quiet=True)
+    assert (first.processed, first.resumed) == (3, 0)  # one at a time: the count adds up over batches
+    again = localize_split(meta, root, tiny_model, scoremap_dir=maps_dir, quiet=True)
+    assert (again.processed, again.resumed) == (0, 3)
+    with pytest.raises(WSOLError) as error:
+        localize_split(meta, root, tiny_model, scoremap_dir=maps_dir, method="gradcam", quiet=True)
+    assert str(error.value) == (f"--scoremaps {maps_dir}: holds results made with method='cam', not 'gradcam'; use "
+                                "another folder or delete it to start over")
+
+
+@pytest.mark.parametrize("method, options", [("gradcam", {}), ("cam+nwc", {"nwc": True})])
+def test_the_method_and_its_options_reach_the_maps(tiny_model, split, tmp_path, method, options):
+    meta, root, ids, labels = split
+    prep = preprocessing(tiny_model)
+    x = torch.stack([eval_transform(224, prep["mean"], prep["std"])(load_image(root / i)) for i in ids])
+    base = method.split("+")[0]
+    raw = compute_cams(tiny_model, x, torch.tensor([labels[i] for i in ids]), method=base, **options).maps
+    want = to_score_maps(raw, (224, 224)).astype(np.float32)
+    localize_split(meta, root, tiny_model, scoremap_dir=tmp_path / "maps", method=method, quiet=True)
+    saved = np.stack([np.load(tmp_path / "maps" / f"{i}.npy") for i in ids])
+    np.testing.assert_allclose(saved, want, rtol=0, atol=1e-6)
+    assert np.abs(want - _reference_maps(tiny_model, root, ids, labels)).max() > 1e-3  # not plain CAM
+
+
+def test_pas_maps_are_the_reference_maps_over_their_90th_percentile(tiny_model, split, tmp_path):
+    from wsol.maps.normalize import pas_normalize
+
+    meta, root, ids, labels = split
+    localize_split(meta, root, tiny_model, scoremap_dir=tmp_path / "maps", method="cam+pas", quiet=True)
+    saved = np.stack([np.load(tmp_path / "maps" / f"{i}.npy") for i in ids])
+    want = pas_normalize(_reference_maps(tiny_model, root, ids, labels))
+    np.testing.assert_allclose(saved, want, rtol=0, atol=1e-6)
+    assert not np.allclose(want, _reference_maps(tiny_model, root, ids, labels), atol=1e-3)
+
+
+def test_iou_criteria_workers_progress_and_time(tiny_model, split, tmp_path, monkeypatch, capsys):
+    import time
+
+    import wsol.localize.split as split_module
+    from wsol.data.datasets import default_workers
+
+    meta, root, _, _ = split
+    seen = []
+    real = split_module.image_loader
+
+    def recording(dataset, batch_size, workers, device):
+        seen.append(workers)
+        return real(dataset, batch_size, 0, device)
+
+    monkeypatch.setattr(split_module, "image_loader", recording)
+    start = time.perf_counter()
+    summary = localize_split(meta, root, tiny_model, evaluate=True, iou_thresholds=(50,), workers=2)
+    assert 0 < summary.seconds <= time.perf_counter() - start
+    assert summary.metrics["boxes"]["iou_thresholds"] == [50]
+    err = capsys.readouterr().err
+    assert "score maps" in err and "3/3" in err, err
+    localize_split(meta, root, tiny_model, evaluate=True, quiet=True)
+    assert seen == [2, default_workers(torch.device("cpu"))]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    from wsol.data.synth import SynthConfig, generate
+
+    config = SynthConfig(seed=3, num_classes=NUM_CLASSES, train_per_class=1, val_per_class=1, test_per_class=1,
+                         min_side=96, max_side=128, max_objects=2)
+    return generate(config, tmp_path_factory.mktemp("synth") / "data")
+
+
+def test_masks_are_evaluated_with_the_mask_root_and_a_note_says_so_without(tiny_model, synth, tmp_path):
+    from wsol.data.metadata import Metadata
+    from wsol.metrics.scoremaps import evaluate_scoremaps
+
+    split_dir = synth / "metadata" / "test"
+    maps_dir = tmp_path / "maps"
+    with_masks = localize_split(split_dir, synth / "images", tiny_model, scoremap_dir=maps_dir, evaluate=True,
+                                mask_root=synth / "masks", cam_curve_interval=0.01, quiet=True)
+    want, _, _ = evaluate_scoremaps(Metadata.load(split_dir, mask_root=synth / "masks"), maps_dir,
+                                    mask_root=synth / "masks", cam_curve_interval=0.01)
+    assert with_masks.notes == []
+    got = {**with_masks.metrics["boxes"], **with_masks.metrics["masks"]}
+    assert want["PxAP"] == with_masks.metrics["masks"]["PxAP"]  # the same numbers as `wsol evaluate` on the maps
+    assert {k: got[k] for k in want if k not in ("per_iou",)} == {k: v for k, v in want.items() if k != "per_iou"}
+    without = localize_split(split_dir, synth / "images", tiny_model, evaluate=True, cam_curve_interval=0.01,
+                             quiet=True)
+    assert without.notes == [f"{split_dir} has masks: give --mask-root to evaluate PxAP too"]
+    assert "PxAP" not in json.dumps(without.metrics)

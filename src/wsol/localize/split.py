@@ -100,9 +100,7 @@ def _localize_split(split_dir: str | Path, data_root: str | Path, model: nn.Modu
     ids = [meta.image_ids[i] for i in in_shard(meta.image_ids, shard)]
     shard_ids = list(ids)
     if scoremap_dir is not None:
-        maps_dir = Path(scoremap_dir)
-        if maps_dir.exists() and not maps_dir.is_dir():
-            raise WSOLError(f"--scoremaps {maps_dir}: exists and is not a folder")
+        maps_dir = Path(scoremap_dir)  # made (or refused when not a folder) by the caller's FolderLock
         has_maps = maps_dir.is_dir() and next(maps_dir.rglob("*.npy"), None) is not None
         config = {"model": getattr(model, "name", type(model).__name__), "checkpoint": checkpoint_id(checkpoint),
                   "method": method, "crf": crf, "image_size": image_size}
