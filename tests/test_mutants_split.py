@@ -259,3 +259,59 @@ def test_masks_are_evaluated_with_the_mask_root_and_a_note_says_so_without(tiny_
                              quiet=True)
     assert without.notes == [f"{split_dir} has masks: give --mask-root to evaluate PxAP too"]
     assert "PxAP" not in json.dumps(without.metrics)
+
+
+def test_bad_workers_are_refused_and_quiet_prints_nothing(tiny_model, split, tmp_path, capsys):
+    meta, root, _, _ = split
+    with pytest.raises(WSOLError) as error:
+        localize_split(meta, root, tiny_model, evaluate=True, workers=-1, quiet=True)
+    assert str(error.value) == "--workers must be >= 0, got -1"
+    localize_split(meta, root, tiny_model, evaluate=True, quiet=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_progress_bar_is_labelled_and_counts_broken_images(tiny_model, split, tmp_path, capsys):
+    meta, root, ids, _ = split
+    broken = tmp_path / "images"
+    for i in ids:
+        (broken / i).parent.mkdir(parents=True, exist_ok=True)
+        (broken / i).write_bytes((root / i).read_bytes())
+    (broken / ids[0]).write_text("not a picture\n")
+    localize_split(meta, broken, tiny_model, scoremap_dir=tmp_path / "maps")
+    err = capsys.readouterr().err
+    assert err.lstrip().startswith("score maps ") and "3/3" in err, err
+
+
+def test_a_shards_record_lists_its_images_positions_and_no_shard_no_record(tiny_model, split, tmp_path):
+    meta, root, ids, _ = split
+    out = tmp_path / "s1"
+    localize_split(meta, root, tiny_model, evaluate=True, shard=(1, 2), shard_dir=out, quiet=True,
+                   cam_curve_interval=0.01)
+    record = json.loads((out / "shard.json").read_text())
+    from wsol.localize.shards import in_shard
+
+    mine = [ids[i] for i in in_shard(ids, (1, 2))]
+    assert record["order"] == {i: ids.index(i) for i in mine} and record["num_images"] == len(mine)
+    assert (record["shard"], record["of"], record["mode"], record["model"]) == (1, 2, "split", "resnet10t")
+    plain = tmp_path / "plain"
+    localize_split(meta, root, tiny_model, evaluate=True, shard_dir=plain, quiet=True)
+    assert not (plain / "shard.json").exists()
+
+
+def test_a_lowered_batch_is_noted(tiny_model, split, monkeypatch):
+    from wsol.memory import BUDGET, activation_bytes
+
+    meta, root, _, _ = split
+    monkeypatch.setenv("WSOL_MEMORY_LIMIT", str(int(2.5 * activation_bytes(tiny_model, 224) / BUDGET)))
+    summary = localize_split(meta, root, tiny_model, evaluate=True, batch_size=8, quiet=True)
+    (note,) = summary.notes
+    assert note.startswith("--batch-size 8 lowered to 2: at --image-size 224 a batch needs about ")
+
+
+def test_a_folder_with_a_record_but_no_maps_is_taken_over(tiny_model, split, tmp_path):
+    meta, root, _, _ = split
+    maps_dir = tmp_path / "maps"
+    maps_dir.mkdir()
+    (maps_dir / "scoremaps.json").write_text(json.dumps({"method": "gradcam"}))  # a run that failed early
+    assert localize_split(meta, root, tiny_model, scoremap_dir=maps_dir, quiet=True).processed == 3
+    assert json.loads((maps_dir / "scoremaps.json").read_text())["method"] == "cam"
