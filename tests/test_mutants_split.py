@@ -148,18 +148,23 @@ def test_errors_name_the_culprit(tiny_model, split, tmp_path):
     assert not (tmp_path / "maps").exists()
 
 
-def test_unreadable_images_stop_an_evaluation_naming_the_first_and_the_count(tiny_model, split, tmp_path):
-    meta, root, ids, labels = split
-    broken = tmp_path / "images"
+def _copy_images(root: Path, ids: list[str], dest: Path) -> Path:
+    """The split's images copied under ``dest`` (to break some of them)."""
     for i in ids:
-        (broken / i).parent.mkdir(parents=True, exist_ok=True)
-        (broken / i).write_bytes((root / i).read_bytes())
-    (broken / ids[1]).write_text("not a picture\\n")
+        (dest / i).parent.mkdir(parents=True, exist_ok=True)
+        (dest / i).write_bytes((root / i).read_bytes())
+    return dest
+
+
+def test_unreadable_images_stop_an_evaluation_naming_the_first_and_the_count(tiny_model, split, tmp_path):
+    meta, root, ids, _ = split
+    broken = _copy_images(root, ids, tmp_path / "images")
+    (broken / ids[1]).write_text("not a picture\n")
     reason = "not an image (unknown format)"
     with pytest.raises(WSOLError) as error:
         localize_split(meta, broken, tiny_model, evaluate=True, quiet=True)
     assert str(error.value) == f"{ids[1]}: unreadable ({reason}); the protocol needs every image of the split"
-    (broken / ids[2]).write_text("not a picture either\\n")
+    (broken / ids[2]).write_text("not a picture either\n")
     with pytest.raises(WSOLError) as error:
         localize_split(meta, broken, tiny_model, evaluate=True, quiet=True)
     assert str(error.value) == (f"{ids[1]}: unreadable ({reason}); the protocol needs every image of the split "
@@ -272,10 +277,7 @@ def test_bad_workers_are_refused_and_quiet_prints_nothing(tiny_model, split, tmp
 
 def test_the_progress_bar_is_labelled_and_counts_broken_images(tiny_model, split, tmp_path, capsys):
     meta, root, ids, _ = split
-    broken = tmp_path / "images"
-    for i in ids:
-        (broken / i).parent.mkdir(parents=True, exist_ok=True)
-        (broken / i).write_bytes((root / i).read_bytes())
+    broken = _copy_images(root, ids, tmp_path / "images")
     (broken / ids[0]).write_text("not a picture\n")
     localize_split(meta, broken, tiny_model, scoremap_dir=tmp_path / "maps")
     err = capsys.readouterr().err
